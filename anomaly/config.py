@@ -1,0 +1,178 @@
+"""Typed training configuration: defaults < configs/*.yaml < --config FILE < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anomaly.errors import AnomalyError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+LOSSES = ("ssim", "mssim", "l2")
+COLOR_MODES = ("grayscale", "rgb")
+PRECISIONS = ("float32", "mixed_bfloat16")
+# MS-SSIM uses five scales of an 11-px window, halving the image four times.
+MSSIM_MIN_SIZE = 11 * 2 ** 4
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved as config.yaml in the model directory.
+
+    Attributes:
+        data_dir: the dataset category folder (MVTec layout).
+        architecture: a name from `anomaly.models.list_architectures()`.
+        color_mode: "grayscale" or "rgb".
+        loss: "ssim", "mssim" or "l2".
+        input_size: images are resized to input_size x input_size.
+        batch_size: training batch size.
+        epochs: the cap on training epochs (early stopping usually ends training before).
+        seed: seeds weights, augmentation, shuffling and the validation split.
+        val_split: fraction of train/good held out for validation and finetuning.
+        lr: a fixed peak learning rate; None runs the learning-rate finder to choose it.
+        lr_finder_start: the finder's first learning rate.
+        lr_finder_end: the finder's last learning rate.
+        lr_finder_epochs: the most epochs the finder runs.
+        lr_finder_stop_factor: the finder stops when the smoothed loss exceeds this times its best.
+        lr_decrease_factor: the finder's rule takes the LR 85 % of the way down the loss curve.
+        early_stopping: patience in epochs on validation loss.
+        reduce_on_plateau: patience in epochs before the peak learning rate is halved.
+        rotation: augmentation rotation range in degrees (uniform in +-rotation).
+        shift: augmentation translation range as a fraction of width and height.
+        brightness: augmentation brightness factor range (uniform in [1-b, 1+b]).
+        precision: "float32" or "mixed_bfloat16" (faster on CPUs with AVX512-BF16/AMX).
+        jit_compile: compile the training step with XLA.
+        output_dir: the root under which model directories are created.
+        inspect: save inspection images after training.
+    """
+
+    data_dir: str = ""
+    architecture: str = "mvtecCAE"
+    color_mode: str = "grayscale"
+    loss: str = "ssim"
+    input_size: int = 256
+    batch_size: int = 8
+    epochs: int = 1024
+    seed: int = 42
+    val_split: float = 0.1
+    lr: float | None = None
+    lr_finder_start: float = 1e-5
+    lr_finder_end: float = 10.0
+    lr_finder_epochs: int = 10
+    lr_finder_stop_factor: float = 6.0
+    lr_decrease_factor: float = 0.85
+    early_stopping: int = 12
+    reduce_on_plateau: int = 6
+    rotation: float = 5.0
+    shift: float = 0.05
+    brightness: float = 0.05
+    precision: str = "float32"
+    jit_compile: bool = False
+    output_dir: str = "saved_models"
+    inspect: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "grayscale" else 3
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.input_size, self.input_size, self.channels)
+
+    def validate(self) -> "TrainConfig":
+        """Check values a user can get wrong; raise AnomalyError naming the flag."""
+        from anomaly.models import list_architectures
+
+        if self.architecture not in list_architectures():
+            raise AnomalyError(f"--architecture: unknown architecture '{self.architecture}': "
+                               f"expected one of {', '.join(list_architectures())}")
+        _choice("--loss", self.loss, LOSSES)
+        _choice("--color", self.color_mode, COLOR_MODES)
+        _choice("--precision", self.precision, PRECISIONS)
+        if self.input_size < 32 or self.input_size % 32:
+            raise AnomalyError(f"--input-size: expected a multiple of 32 (>= 32), got {self.input_size}")
+        if self.loss == "mssim" and self.input_size < MSSIM_MIN_SIZE:
+            raise AnomalyError(f"--loss mssim needs --input-size >= {MSSIM_MIN_SIZE}, got {self.input_size}")
+        for flag, value in (("--batch", self.batch_size), ("--epochs", self.epochs)):
+            if value < 1:
+                raise AnomalyError(f"{flag}: expected a positive integer, got {value}")
+        if not 0 < self.val_split < 1:
+            raise AnomalyError(f"--val-split: expected a fraction in (0, 1), got {self.val_split}")
+        if self.lr is not None and not self.lr > 0:
+            raise AnomalyError(f"--lr: expected a positive learning rate, got {self.lr}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise AnomalyError(f"{flag}: unknown value '{value}': expected one of {', '.join(allowed)}")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnomalyError(f"{path}: config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AnomalyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise AnomalyError(f"{path}: expected a mapping of option: value")
+    return data
+
+
+def _apply(config: TrainConfig, values: dict[str, Any], source: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in fields or key == "extra":
+            raise AnomalyError(f"{source}: unknown option '{key}'")
+        current = getattr(config, key)
+        if value is not None and current is not None and not isinstance(value, type(current)):
+            try:
+                value = type(current)(value)
+            except (TypeError, ValueError):
+                raise AnomalyError(f"{source}: option '{key}' expects {type(current).__name__}, "
+                                   f"got {value!r}") from None
+        setattr(config, key, value)
+
+
+def load_train_config(overrides: dict[str, Any], config_file: str | None = None) -> TrainConfig:
+    """Resolve the training configuration.
+
+    Args:
+        overrides: values from the command line (None values are ignored).
+        config_file: an optional user YAML file.
+
+    Returns:
+        The validated configuration: dataclass defaults, then `configs/default.yaml`, then
+        `configs/<architecture>.yaml`, then `config_file`, then `overrides`.
+    """
+    config = TrainConfig()
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    user = read_yaml(Path(config_file)) if config_file else {}
+    architecture = overrides.get("architecture") or user.get("architecture") or config.architecture
+    for path in (CONFIG_DIR / "default.yaml", CONFIG_DIR / f"{architecture}.yaml"):
+        if path.is_file():
+            _apply(config, read_yaml(path), str(path))
+    if config_file:
+        _apply(config, user, str(config_file))
+    _apply(config, overrides, "command line")
+    return config.validate()
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a configuration saved in a model directory (unknown keys are kept in `extra`)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in values.items() if k in names and k != "extra"})
+    config.extra = {k: v for k, v in values.items() if k not in names}
+    return config

@@ -1,0 +1,130 @@
+"""Reading images and masks from disk into float arrays of the model's input shape."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from skimage.transform import resize
+
+from anomaly.errors import AnomalyError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+COLOR_MODES = ("grayscale", "rgb")
+
+# ITU-R 601-2 luma, the weights of PIL's "L" conversion that the original toolkit used.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular file with one of the supported image extensions."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    """Decode a file into an array of shape (H, W) or (H, W, C) in its own dtype."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # forces a full decode, so a truncated file fails here and not later
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("L" if img.mode == "1" else "RGB")
+            array = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise AnomalyError(f"{path}: cannot read image ({exc})") from None
+    if array.ndim not in (2, 3) or array.size == 0:
+        raise AnomalyError(f"{path}: expected a 2-D gray or colour image, got shape {array.shape}")
+    return array
+
+
+def _to_unit_float(array: np.ndarray) -> np.ndarray:
+    """Scale integer or float pixels to float32 in [0, 1] by the dtype's range."""
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        if array.dtype.itemsize > 2 and array.max(initial=0) <= 65535:
+            # PIL opens 16-bit grey PNG/TIFF as 32-bit mode "I": the range is still 16 bit
+            return array.astype(np.float32) / np.float32(65535)
+        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+    array = array.astype(np.float32)
+    return np.clip(array, 0.0, 1.0) if array.max(initial=0.0) <= 1.0 else array / array.max()
+
+
+def _convert_channels(array: np.ndarray, color_mode: str) -> np.ndarray:
+    """Turn an (H, W) or (H, W, C) float image into (H, W, 1) or (H, W, 3)."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] in (2, 4):  # gray+alpha, RGBA: alpha is dropped
+        array = array[..., :-1]
+    if color_mode == "grayscale":
+        if array.shape[-1] == 3:
+            array = (array @ _LUMA)[..., None]
+        return array
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return array
+
+
+def read_image(path: Path, color_mode: str, size: tuple[int, int]) -> np.ndarray:
+    """Read one image as float32 (H, W, C) in [0, 1] at the model's input size.
+
+    Args:
+        path: image file (PNG, JPEG, BMP or TIFF; 8 or 16 bit; gray, RGB or RGBA).
+        color_mode: "grayscale" (1 channel) or "rgb" (3 channels).
+        size: (height, width) to resize to, with bilinear interpolation and anti-aliasing
+            (the original's nearest-neighbour resize aliases on large photographs).
+
+    Returns:
+        The image array.
+    """
+    array = _convert_channels(_to_unit_float(_read_raw(Path(path))), color_mode)
+    if array.shape[:2] != tuple(size):
+        array = resize(array, tuple(size) + array.shape[2:], order=1, anti_aliasing=True,
+                       preserve_range=True, mode="reflect")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (OSError, UnidentifiedImageError) as exc:
+        raise AnomalyError(f"{path}: cannot read image ({exc})") from None
+
+
+def read_mask(path: Path, image_path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Read a ground-truth mask as bool (H, W), resized with nearest neighbour.
+
+    Raises:
+        AnomalyError: when the mask cannot be read or its size differs from its image's.
+    """
+    raw = _read_raw(Path(path))
+    expected = image_size(Path(image_path))
+    if raw.shape[:2] != expected:
+        raise AnomalyError(f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
+                           f"{image_path} is {expected[1]}x{expected[0]}")
+    mask = raw if raw.ndim == 2 else raw[..., 0]
+    mask = mask > 0
+    if mask.shape != tuple(size):
+        mask = resize(mask, tuple(size), order=0, anti_aliasing=False, preserve_range=True) > 0.5
+    return mask
+
+
+def read_images(paths: list[Path], color_mode: str, size: tuple[int, int],
+                workers: int = 4) -> np.ndarray:
+    """Read many images into one float32 array (N, H, W, C), decoding in threads."""
+    if color_mode not in COLOR_MODES:
+        raise AnomalyError(f"unknown colour mode '{color_mode}': expected one of {', '.join(COLOR_MODES)}")
+    channels = 1 if color_mode == "grayscale" else 3
+    out = np.empty((len(paths), *size, channels), dtype=np.float32)
+
+    def _load(i: int) -> None:
+        out[i] = read_image(paths[i], color_mode, size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_load, range(len(paths))))
+    return out

@@ -1,0 +1,284 @@
+"""Training policy of the original toolkit as Keras 3 callbacks, plus checkpoints for resuming.
+
+- Learning-rate range test: the LR grows exponentially from `start` to `end` over at most
+  `epochs` epochs of augmented training; the smoothed loss curve picks the peak LR with the
+  toolkit's rule (85 % of the way down the curve). NaN or exploding losses end the test early
+  and are cut from the curve (the original crashed on them).
+- One cycle per epoch: LR rises lr/10 -> lr over the first half of the epoch and falls
+  lr -> lr/1000 over the second; Adam's beta_1 moves 0.95 -> 0.85 -> 0.95 against it.
+- Reduce on plateau halves both ends of the cycle (the original only ever shrank the peak).
+- Early stopping on validation loss restores the best weights.
+- Every epoch leaves `checkpoint/` with the last weights, optimizer state and callback state,
+  so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+BETA_HIGH, BETA_LOW = 0.95, 0.85
+ANNIHILATION = 1000.0
+MIN_LR = 1e-7
+
+
+@dataclass
+class LRFinderResult:
+    """The outcome of the learning-rate range test.
+
+    Attributes:
+        lrs: learning rate of each batch.
+        losses: smoothed (bias-corrected EMA, beta 0.98) loss of each batch.
+        lr_opt: the chosen peak learning rate.
+        lr_base: the first learning rate above lr_opt / 10 (reported only).
+        stop_reason: why the test ended.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    lr_opt: float
+    lr_base: float
+    stop_reason: str
+
+
+def choose_learning_rate(lrs, losses, decrease_factor: float = 0.85) -> tuple[float, float]:
+    """The toolkit's rule: the first LR whose loss is `decrease_factor` of the way down the curve.
+
+    Args:
+        lrs: learning rates, increasing.
+        losses: the smoothed loss at each learning rate (finite values).
+        decrease_factor: how far down from the curve's maximum (before its minimum) to go.
+
+    Returns:
+        (lr_opt, lr_base).
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    lrs = np.asarray(lrs, dtype=np.float64)
+    i_min = int(np.argmin(losses))
+    segment = losses[: i_min + 1]
+    l_max = segment.max()
+    target = l_max - decrease_factor * (l_max - losses[i_min])
+    below = np.flatnonzero(segment < target)
+    i_opt = int(below[0]) if below.size else i_min
+    lr_opt = float(lrs[i_opt])
+    above = np.flatnonzero(lrs[: max(i_min, 1)] > lr_opt / 10)
+    lr_base = float(lrs[above[0]]) if above.size else lr_opt / 10
+    return lr_opt, lr_base
+
+
+def _train_step_fn(model: keras.Model, loss_fn, optimizer, jit_compile: bool):
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = tf.reduce_mean(loss_fn(y, pred))
+            total = loss + tf.add_n(model.losses) if model.losses else loss
+        grads = tape.gradient(total, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    return step
+
+
+def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, steps_per_epoch: int,
+                       start: float = 1e-5, end: float = 10.0, epochs: int = 10,
+                       stop_factor: float = 6.0, decrease_factor: float = 0.85,
+                       jit_compile: bool = False, progress: bool = True) -> LRFinderResult:
+    """Run the learning-rate range test, then restore the model's weights.
+
+    Args:
+        model: the model to probe; its weights are restored afterwards.
+        loss_fn: the training loss.
+        dataset: an endless-enough dataset of (x, y) training batches.
+        steps_per_epoch: batches per epoch; the LR reaches `end` after `epochs` epochs.
+        start: first learning rate.
+        end: last learning rate.
+        epochs: the most epochs to run.
+        stop_factor: stop when the smoothed loss exceeds this times the best smoothed loss.
+        decrease_factor: see `choose_learning_rate`.
+        jit_compile: compile the step with XLA.
+        progress: show a progress bar.
+
+    Returns:
+        The curve and the chosen learning rate.
+    """
+    weights = model.get_weights()
+    total = max(epochs * steps_per_epoch, 2)
+    mult = (end / start) ** (1.0 / total)
+    optimizer = keras.optimizers.Adam(learning_rate=start)
+    step = _train_step_fn(model, loss_fn, optimizer, jit_compile)
+    bar = keras.utils.Progbar(total, stateful_metrics=["lr", "loss"], verbose=1 if progress else 0)
+    lrs, smoothed = [], []
+    avg, best, lr = 0.0, math.inf, start
+    reason = f"reached {epochs} epochs"
+    for i, (x, y) in enumerate(dataset.take(total)):
+        optimizer.learning_rate.assign(lr)
+        loss = float(step(x, y))
+        if not math.isfinite(loss):
+            reason = f"loss became {loss} at lr {lr:.3g}"
+            break
+        avg = 0.98 * avg + 0.02 * loss
+        value = avg / (1 - 0.98 ** (i + 1))
+        lrs.append(lr)
+        smoothed.append(value)
+        bar.update(i + 1, [("lr", lr), ("loss", value)])
+        if i > 0 and value > stop_factor * best:
+            reason = f"loss exceeded {stop_factor:g}x its minimum at lr {lr:.3g}"
+            break
+        best = min(best, value)
+        lr *= mult
+        if lr > end:
+            reason = f"learning rate passed {end:g}"
+            break
+    if progress:
+        print()
+    model.set_weights(weights)
+    if len(smoothed) < 2:
+        lr_opt, lr_base = start, start / 10
+    else:
+        lr_opt, lr_base = choose_learning_rate(lrs, smoothed, decrease_factor)
+    return LRFinderResult(lrs, smoothed, lr_opt, lr_base, reason)
+
+
+class OneCycle(keras.callbacks.Callback):
+    """Per-epoch triangular cycle with annihilation and cyclical Adam beta_1.
+
+    Args:
+        max_lr: the peak learning rate.
+        steps_per_epoch: batches per epoch; one cycle spans one epoch.
+    """
+
+    def __init__(self, max_lr: float, steps_per_epoch: int):
+        super().__init__()
+        self.max_lr = float(max_lr)
+        self.base_lr = float(max_lr) / 10.0
+        self.half = max(math.ceil(steps_per_epoch / 2), 1)
+        self.iteration = 0
+        self.lrs: list[float] = []
+
+    def value(self, iteration: int) -> tuple[float, float]:
+        """(learning rate, beta_1) at a global batch index."""
+        pos = iteration % (2 * self.half)
+        if pos < self.half:
+            frac = pos / self.half
+            lr = self.base_lr + (self.max_lr - self.base_lr) * frac
+        else:
+            frac = (pos - self.half) / self.half
+            low = self.max_lr / ANNIHILATION
+            lr = self.max_lr - (self.max_lr - low) * frac
+            frac = 1.0 - frac
+        beta = BETA_HIGH - (BETA_HIGH - BETA_LOW) * frac
+        return lr, beta
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lr, beta = self.value(self.iteration)
+        self.model.optimizer.learning_rate.assign(lr)
+        self.model.optimizer.beta_1.assign(beta)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.iteration += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self.max_lr
+
+    def halve(self) -> None:
+        """Reduce on plateau: halve both ends of the cycle (not below 1e-7)."""
+        self.max_lr = max(self.max_lr / 2, MIN_LR)
+        self.base_lr = max(self.base_lr / 2, MIN_LR / 10)
+
+
+def make_optimizer(lr: float) -> keras.optimizers.Adam:
+    """Adam whose beta_1 is a variable, so the cycle can move it inside a compiled step."""
+    optimizer = keras.optimizers.Adam(learning_rate=lr, beta_1=BETA_HIGH)
+    optimizer.beta_1 = keras.Variable(BETA_HIGH, trainable=False, name="beta_1", dtype="float32")
+    return optimizer
+
+
+class PatienceAndCheckpoint(keras.callbacks.Callback):
+    """Early stopping, reduce-on-plateau and per-epoch checkpoints in one place.
+
+    Args:
+        checkpoint_dir: where `last.weights.h5`, `best.weights.h5`, `optimizer.npz` and
+            `state.json` are written after every epoch.
+        schedule: the OneCycle callback whose rate is halved on a plateau.
+        early_stopping: patience in epochs before training stops.
+        reduce_on_plateau: patience in epochs before the rate is halved.
+        state: a saved state to continue from (resume).
+    """
+
+    def __init__(self, checkpoint_dir: Path, schedule: OneCycle, early_stopping: int,
+                 reduce_on_plateau: int, state: dict | None = None):
+        super().__init__()
+        self.dir = Path(checkpoint_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.schedule = schedule
+        self.early_stopping = early_stopping
+        self.reduce_on_plateau = reduce_on_plateau
+        state = state or {}
+        self.best = state.get("best", math.inf)
+        self.best_epoch = state.get("best_epoch", -1)
+        self.wait = state.get("wait", 0)
+        self.plateau_wait = state.get("plateau_wait", 0)
+        self.history: list[dict] = state.get("history", [])
+        self.stopped_early = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        current = logs.get("val_loss", logs.get("loss"))
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        self.history.append(row)
+        if current is not None and math.isfinite(current) and current < self.best:
+            self.best, self.best_epoch, self.wait, self.plateau_wait = float(current), epoch, 0, 0
+            self.model.save_weights(self.dir / "best.weights.h5")
+        else:
+            self.wait += 1
+            self.plateau_wait += 1
+            if self.plateau_wait >= self.reduce_on_plateau:
+                self.schedule.halve()
+                self.plateau_wait = 0
+            if self.wait >= self.early_stopping:
+                self.stopped_early = True
+                self.model.stop_training = True
+        self._save(epoch)
+
+    def _save(self, epoch: int) -> None:
+        self.model.save_weights(self.dir / "last.weights.h5")
+        opt = self.model.optimizer
+        np.savez(self.dir / "optimizer.npz", *[np.asarray(v.numpy()) for v in opt.variables])
+        state = {"epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch,
+                 "wait": self.wait, "plateau_wait": self.plateau_wait,
+                 "max_lr": self.schedule.max_lr, "base_lr": self.schedule.base_lr,
+                 "iteration": self.schedule.iteration, "stopped_early": self.stopped_early,
+                 "history": self.history}
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.dir / "state.json")
+
+    def restore_best(self) -> None:
+        """Load the best weights seen so far into the model."""
+        if (self.dir / "best.weights.h5").exists():
+            self.model.load_weights(self.dir / "best.weights.h5")
+
+
+def load_checkpoint_state(checkpoint_dir: Path) -> dict | None:
+    """The saved training state of an interrupted run, or None."""
+    path = Path(checkpoint_dir) / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def restore_optimizer(model: keras.Model, checkpoint_dir: Path) -> None:
+    """Build the compiled model's optimizer and load its saved variables."""
+    opt = model.optimizer
+    opt.build(model.trainable_variables)
+    saved = np.load(Path(checkpoint_dir) / "optimizer.npz")
+    values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) == len(opt.variables):
+        for var, value in zip(opt.variables, values):
+            var.assign(value)
