@@ -26,6 +26,7 @@ import tensorflow as tf
 BETA_HIGH, BETA_LOW = 0.95, 0.85
 ANNIHILATION = 1000.0
 MIN_LR = 1e-7
+MIN_FINDER_STEPS = 100
 
 
 @dataclass
@@ -99,7 +100,7 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
         steps_per_epoch: batches per epoch; the LR reaches `end` after `epochs` epochs.
         start: first learning rate.
         end: last learning rate.
-        epochs: the most epochs to run.
+        epochs: the most epochs to run (at least 100 batches are run all the same).
         stop_factor: stop when the smoothed loss exceeds this times the best smoothed loss.
         decrease_factor: see `choose_learning_rate`.
         jit_compile: compile the step with XLA.
@@ -109,7 +110,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
         The curve and the chosen learning rate.
     """
     weights = model.get_weights()
-    total = max(epochs * steps_per_epoch, 2)
+    # Small datasets give few batches per epoch; the curve needs enough points to be read.
+    total = max(epochs * steps_per_epoch, MIN_FINDER_STEPS)
     mult = (end / start) ** (1.0 / total)
     optimizer = keras.optimizers.Adam(learning_rate=start)
     step = _train_step_fn(model, loss_fn, optimizer, jit_compile)

@@ -18,7 +18,7 @@ from anomaly.errors import AnomalyError
 from anomaly.losses import get_loss, get_metric
 from anomaly.models import build_model
 from anomaly.resmaps import residual_maps
-from anomaly.training import (LRFinderResult, OneCycle, PatienceAndCheckpoint, find_learning_rate,
+from anomaly.training import (MIN_FINDER_STEPS, LRFinderResult, OneCycle, PatienceAndCheckpoint, find_learning_rate,
                               load_checkpoint_state, make_optimizer, restore_optimizer)
 
 
@@ -105,7 +105,7 @@ class AutoencoderDetector(Detector):
             lr = cfg.lr
         else:
             probe = training_dataset(train_images, cfg.batch_size, cfg.seed + 1, aug,
-                                     epochs=cfg.lr_finder_epochs)
+                                     epochs=cfg.lr_finder_epochs + math.ceil(MIN_FINDER_STEPS / steps))
             finder = find_learning_rate(
                 self.model, loss_fn, probe, steps, start=cfg.lr_finder_start, end=cfg.lr_finder_end,
                 epochs=cfg.lr_finder_epochs, stop_factor=cfg.lr_finder_stop_factor,

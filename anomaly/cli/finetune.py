@@ -1,0 +1,34 @@
+"""anomaly-finetune: choose the min-area / threshold pair of a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anomaly.cli.common import fmt, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
+    p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
+    p.add_argument("-m", "--method", default="ssim", help="residual map: ssim (default) or l2")
+    p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
+    p.add_argument("--split", type=float, default=0.1, help="share of test images used (default 0.1)")
+    p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from anomaly.finetune import finetune
+
+    r = finetune(args.path, args.method, args.dtype, args.split, args.seed, progress=not args.quiet)
+    print(f"min_area {r['min_area']}, threshold {r['threshold']:g}: balanced accuracy {fmt(r['score'])} "
+          f"(TPR {fmt(r['tpr'])}, TNR {fmt(r['tnr'])}) on {len(r['finetune_images'])} finetune images")
+    print(f"saved: {r['dir']}/finetune.json")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(main))

@@ -1,0 +1,33 @@
+"""anomaly-test: classify and segment the test images with every finetuned pair of a model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anomaly.cli.common import print_metrics, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anomaly-test", description=__doc__)
+    p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
+    p.add_argument("-s", "--save", action="store_true", help="write images/ and maps/")
+    p.add_argument("-m", "--method", help="test only this residual map (ssim or l2)")
+    p.add_argument("-t", "--dtype", help="test only this dtype (float64 or uint8)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from anomaly.evaluate import evaluate
+
+    results = evaluate(args.path, save=args.save, method=args.method, dtype=args.dtype, progress=not args.quiet)
+    print_metrics(results)
+    for r in results:
+        print(f"saved: {r['dir']}" + (" (pictures in images/, maps in maps/)" if args.save else ""))
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(main))

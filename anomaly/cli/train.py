@@ -1,0 +1,60 @@
+"""anomaly-train: train an autoencoder on the defect-free images of a dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anomaly.cli.common import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anomaly-train", description=__doc__)
+    p.add_argument("-d", "--input-dir", dest="data_dir", help="dataset category folder (MVTec layout)")
+    p.add_argument("-a", "--architecture", help="mvtecCAE (default), baselineCAE, inceptionCAE, resnetCAE, skipCAE")
+    p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
+    p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
+    p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")
+    p.add_argument("-e", "--epochs", type=int, help="most epochs to train (default 1024; early stopping ends sooner)")
+    p.add_argument("--seed", type=int, help="random seed (default 42)")
+    p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
+    p.add_argument("--lr-finder-epochs", type=int, help="most epochs of the learning-rate finder (default 10)")
+    p.add_argument("--input-size", type=int, help="resize images to this square size (default 256)")
+    p.add_argument("--precision", help="float32 (default) or mixed_bfloat16")
+    p.add_argument("--xla", dest="jit_compile", action="store_const", const=True, help="compile with XLA")
+    p.add_argument("-o", "--output-dir", help="root of model directories (default saved_models)")
+    p.add_argument("-i", "--inspect", action="store_const", const=True, help="save inspection images")
+    p.add_argument("--config", help="YAML file of options (overridden by flags)")
+    p.add_argument("--resume", metavar="MODEL_DIR", help="continue an interrupted run in MODEL_DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from anomaly.config import load_train_config
+    from anomaly.errors import AnomalyError
+    from anomaly.train import resume_config, train
+
+    if args.resume:
+        config = resume_config(args.resume)
+        outcome = train(config, progress=not args.quiet, resume_dir=args.resume)
+    else:
+        if not args.data_dir:
+            raise AnomalyError("-d/--input-dir: required (the dataset folder holding train/good)")
+        overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "quiet")}
+        config = load_train_config(overrides, args.config)
+        outcome = train(config, progress=not args.quiet)
+    fit = outcome.fit
+    if outcome.model_file is None:
+        print(f"interrupted after epoch {len(fit.history)}; checkpoint kept in {outcome.model_dir}\n"
+              f"resume with: anomaly-train --resume {outcome.model_dir}")
+        return 130
+    print(f"trained {len(fit.history)} epochs in {fit.seconds:.1f} s (best epoch {fit.best_epoch}, lr {fit.lr:.3g})")
+    print(f"model: {outcome.model_file}")
+    print(f"next: anomaly-finetune -p {outcome.model_file}")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(main))

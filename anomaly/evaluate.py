@@ -1,0 +1,119 @@
+"""Testing a finetuned model: decisions, masks, metrics and pictures for every test image."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from anomaly import modeldir, plots
+from anomaly.data.io import read_images, read_mask
+from anomaly.errors import AnomalyError
+from anomaly.finetune import LoadedModel, load_model
+from anomaly.metrics import aupro, classification_metrics, image_auroc, pixel_auroc
+from anomaly.postprocessing import classify, image_scores, segment
+
+PREDICTION_FIELDS = ("image", "label", "defect_type", "score", "predicted", "used_for_finetune")
+
+
+def _predictions_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PREDICTION_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _read_finetune(model_dir: Path, method: str | None, dtype: str | None) -> list[dict]:
+    results = modeldir.finetune_results(model_dir)
+    if method or dtype:
+        results = [p for p in results if p.parent.name == f"{method or 'ssim'}_{dtype or 'float64'}"]
+    if not results:
+        raise AnomalyError(f"{model_dir}: no finetune results"
+                           f"{f' for {method}/{dtype}' if method or dtype else ''} "
+                           f"(run anomaly-finetune -p {model_dir} first)")
+    return [json.loads(p.read_text()) for p in results]
+
+
+def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress: bool = True,
+                 batch_size: int = 32) -> dict:
+    """Test one finetuned (method, dtype) pair and write `test/<method>_<dtype>/`.
+
+    Returns:
+        The content of metrics.json.
+    """
+    method, dtype = params["method"], params["dtype"]
+    threshold, min_area = params["threshold"], params["min_area"]
+    test = loaded.dataset.require_test()
+    used = set(params.get("finetune_images", []))
+    size = (loaded.config.input_size,) * 2
+
+    start = time.perf_counter()
+    images = read_images([s.path for s in test], loaded.config.color_mode, size)
+    if save:
+        maps, recons = loaded.detector.anomaly_maps(images, method, dtype, batch_size=batch_size,
+                                                    return_reconstructions=True)
+    else:
+        maps, recons = loaded.detector.anomaly_maps(images, method, dtype, batch_size=batch_size), None
+    predicted = classify(maps, threshold, min_area)
+    seconds = time.perf_counter() - start
+
+    scores = image_scores(maps)
+    labels = np.array([s.label for s in test])
+    keep = np.array([s.relpath not in used for s in test])
+    metrics: dict = {"method": method, "dtype": dtype, "mode": params.get("mode", "semi"),
+                     "min_area": min_area, "threshold": threshold,
+                     "n_images": int(keep.sum()), "n_excluded_finetune": int((~keep).sum()),
+                     "n_good": int((labels[keep] == 0).sum()), "n_defective": int((labels[keep] == 1).sum()),
+                     "image_auroc": image_auroc(labels[keep], scores[keep])}
+    masks = None
+    if loaded.dataset.has_masks:
+        masks = np.stack([read_mask(s.mask_path, s.path, size) if s.mask_path else np.zeros(size, bool)
+                          for s in test])
+        metrics["pixel_auroc"] = pixel_auroc(masks[keep], maps[keep])
+        metrics["aupro_0.3"] = aupro(masks[keep], maps[keep], fpr_limit=0.3)
+    else:
+        metrics["pixel_auroc"] = None
+        metrics["aupro_0.3"] = None
+    cls = classification_metrics(labels[keep], predicted[keep])
+    metrics.update({k: cls[k] for k in ("tpr", "tnr", "balanced_accuracy", "f1", "precision", "accuracy")})
+    metrics.update({"seconds": seconds, "images_per_second": len(test) / seconds if seconds > 0 else None,
+                    "model_file": loaded.model_file.name})
+
+    rows = [{"image": s.relpath, "label": s.label, "defect_type": s.defect_type, "score": f"{sc:.6g}",
+             "predicted": int(p), "used_for_finetune": str(s.relpath in used).lower()}
+            for s, sc, p in zip(test, scores, predicted)]
+    target = modeldir.test_dir(loaded.model_dir, method, dtype)
+    with modeldir.replace_folder(target) as tmp:
+        modeldir.write_text(tmp / "predictions.csv", _predictions_csv(rows))
+        if save:
+            seg = segment(maps, threshold, min_area)
+            vmax = float(np.quantile(maps, 0.999)) or None
+            for i, s in enumerate(test):
+                rel = Path(s.relpath)
+                (tmp / "maps" / rel.parent).mkdir(parents=True, exist_ok=True)
+                np.save(tmp / "maps" / rel.parent / f"{rel.name}.npy", maps[i].astype(np.float32))
+                title = (f"{s.relpath}  score {scores[i]:.4g}  predicted "
+                         f"{'defective' if predicted[i] else 'good'}  truth {'defective' if s.label else 'good'}")
+                plots.plot_result(images[i], maps[i], seg[i], tmp / "images" / rel.parent / f"{rel.stem}.png",
+                                  reconstruction=None if recons is None else recons[i],
+                                  truth=None if masks is None else masks[i], title=title, vmax=vmax)
+        modeldir.write_json(tmp / "metrics.json", metrics)
+    metrics["dir"] = str(target)
+    return metrics
+
+
+def evaluate(path: str | Path, save: bool = False, method: str | None = None, dtype: str | None = None,
+             progress: bool = True) -> list[dict]:
+    """Test every finetuned (method, dtype) pair of a model (or only the one asked for).
+
+    Returns:
+        One metrics dict per pair.
+    """
+    loaded = load_model(path)
+    params = _read_finetune(loaded.model_dir, method, dtype)
+    return [evaluate_one(loaded, p, save=save, progress=progress) for p in params]

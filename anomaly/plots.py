@@ -1,0 +1,120 @@
+"""Figures saved in model directories: training curves, finetuning curves, per-image results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Loss and metric curves, one panel each, training and validation."""
+    keys = [k for k in history[0] if k not in ("epoch", "lr") and not k.startswith("val_")] if history else []
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(5 * max(len(keys), 1), 3.5), squeeze=False)
+    epochs = [row["epoch"] for row in history]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(epochs, [row[key] for row in history], label=key)
+        if f"val_{key}" in history[0]:
+            ax.plot(epochs, [row[f"val_{key}"] for row in history], label=f"val_{key}")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_lr_finder(lrs, losses, lr_opt: float, lr_base: float, path: Path) -> None:
+    """Smoothed loss against learning rate (log axis) with the chosen rates marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lo, hi = (10, len(lrs) - 1) if len(lrs) > 20 else (0, len(lrs))
+    ax.plot(lrs[lo:hi], losses[lo:hi])
+    ax.set_xscale("log")
+    ax.axvline(lr_opt, color="tab:red", ls="--", label=f"lr_opt {lr_opt:.2e}")
+    ax.axvline(lr_base, color="tab:green", ls=":", label=f"lr_base {lr_base:.2e}")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed loss")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_schedule(lrs: list[float], path: Path) -> None:
+    """Learning rate of every training batch."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(lrs)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("learning rate")
+    _save(fig, path)
+
+
+def plot_finetune(table: list[dict], best: dict, path: Path) -> None:
+    """Threshold, TPR, TNR and balanced accuracy against min_area, the chosen pair marked."""
+    areas = [row["min_area"] for row in table]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+    ax1.plot(areas, [row["threshold"] for row in table])
+    ax1.set_xlabel("min_area")
+    ax1.set_ylabel("threshold")
+    for key in ("tpr", "tnr", "balanced_accuracy"):
+        ax2.plot(areas, [np.nan if row[key] is None else row[key] for row in table], label=key)
+    ax2.axvline(best["min_area"], color="k", ls="--", lw=0.8)
+    ax2.set_xlabel("min_area")
+    ax2.legend()
+    _save(fig, path)
+
+
+def _gray(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    return (image[..., 0], "gray") if image.shape[-1] == 1 else (image, None)
+
+
+def plot_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray, path: Path,
+                reconstruction: np.ndarray | None = None, truth: np.ndarray | None = None,
+                title: str = "", vmax: float | None = None) -> None:
+    """One test image: input, reconstruction, heat-map overlay and predicted mask (+ truth)."""
+    panels = [("input", image)]
+    if reconstruction is not None:
+        panels.append(("reconstruction", reconstruction))
+    fig, axes = plt.subplots(1, len(panels) + 2, figsize=(3 * (len(panels) + 2), 3.2))
+    for ax, (name, img) in zip(axes, panels):
+        arr, cmap = _gray(img)
+        ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(name)
+    arr, cmap = _gray(image)
+    heat = axes[len(panels)]
+    heat.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+    heat.imshow(amap, cmap="inferno", alpha=0.5, vmin=0, vmax=vmax or float(amap.max()) or 1.0)
+    heat.set_title("anomaly map")
+    seg = axes[len(panels) + 1]
+    seg.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+    seg.imshow(np.ma.masked_where(~predicted, predicted), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+    if truth is not None and truth.any():
+        seg.contour(truth, levels=[0.5], colors="cyan", linewidths=0.8)
+    seg.set_title("predicted (truth in cyan)" if truth is not None else "predicted")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def plot_inspection(image: np.ndarray, reconstruction: np.ndarray, amap: np.ndarray, path: Path,
+                    title: str = "") -> None:
+    """Input, reconstruction and residual map of one image (train --inspect)."""
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    for ax, (name, img) in zip(axes, (("input", image), ("reconstruction", reconstruction))):
+        arr, cmap = _gray(img)
+        ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(name)
+    im = axes[2].imshow(amap, cmap="inferno", vmin=0, vmax=1)
+    axes[2].set_title(f"residual (max {amap.max():.3f})")
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
