@@ -27,6 +27,7 @@ BETA_HIGH, BETA_LOW = 0.95, 0.85
 ANNIHILATION = 1000.0
 MIN_LR = 1e-7
 MIN_FINDER_STEPS = 100
+SKIP_FIRST = 10
 
 
 @dataclass
@@ -61,6 +62,10 @@ def choose_learning_rate(lrs, losses, decrease_factor: float = 0.85) -> tuple[fl
     """
     losses = np.asarray(losses, dtype=np.float64)
     lrs = np.asarray(lrs, dtype=np.float64)
+    if len(losses) > 4 * SKIP_FIRST:
+        # The first smoothed values rest on a handful of batches: one lucky batch there set
+        # the curve's "maximum" and made the rule return the start rate. The plot skips them too.
+        losses, lrs = losses[SKIP_FIRST:], lrs[SKIP_FIRST:]
     i_min = int(np.argmin(losses))
     segment = losses[: i_min + 1]
     l_max = segment.max()

@@ -133,7 +133,7 @@ class AutoencoderDetector(Detector):
         if first_epoch < cfg.epochs and not (state and state.get("stopped_early")):
             try:
                 self.model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                               initial_epoch=first_epoch, steps_per_epoch=steps,
+                               initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
                                callbacks=[schedule, keeper, recorder], verbose=1 if progress else 0)
             except KeyboardInterrupt:
                 interrupted = True

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny demo dataset and a model trained on it once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A 64 px brick dataset: 16 train, 4 good + 3x2 defective test images with masks."""
+    from anomaly.data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), texture="brick", n_train=16,
+                             n_test_good=4, n_test_defect=2, size=64, seed=1)
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """anomaly-train flags for a fast run on 64 px images."""
+    return ["-d", str(data), "-o", str(out), "--input-size", "64", "-e", "2", "--lr", "1e-3",
+            "-b", "8", "-q", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(demo_root, tmp_path_factory) -> Path:
+    """Directory of a mvtecCAE trained for 2 epochs on the demo data (shared, do not modify)."""
+    from anomaly.cli import train
+
+    out = tmp_path_factory.mktemp("models")
+    assert train.main(train_args(demo_root, out)) == 0
+    (model_dir,) = [p.parent for p in out.rglob("*.keras")]
+    return model_dir

@@ -1,0 +1,148 @@
+"""The three console scripts chained through a model directory, and their answers to bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly.cli import finetune as finetune_cli
+from anomaly.cli import test as test_cli
+from anomaly.cli import train as train_cli
+from anomaly.cli.common import run
+from tests.conftest import train_args
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finetuned(trained, tmp_path_factory) -> Path:
+    model_dir = tmp_path_factory.mktemp("ft") / "model"
+    shutil.copytree(trained, model_dir)
+    (model_file,) = model_dir.glob("*.keras")
+    assert finetune_cli.main(["-p", str(model_file), "-q"]) == 0
+    return model_dir
+
+
+def test_train_writes_model_directory(trained):
+    files = {p.name for p in trained.iterdir()}
+    assert {"config.yaml", "history.csv", "plots", "checkpoint"} <= files
+    assert len(list(trained.glob("mvtecCAE_b8_e*.keras"))) == 1
+    rows = list(csv.DictReader((trained / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "val_loss", "ssim", "val_ssim", "lr"} <= set(rows[0])
+    assert (trained / "plots" / "loss_plot.png").stat().st_size > 0
+    # <output>/<dataset>/<category>/<architecture>/<loss>/<timestamp>
+    assert trained.parent.name == "ssim" and trained.parent.parent.name == "mvtecCAE"
+
+
+def test_finetune_writes_pair_and_subset(finetuned, demo_root):
+    result = json.loads((finetuned / "finetune" / "ssim_float64" / "finetune.json").read_text())
+    assert result["min_area"] in range(5, 1005, 5)
+    assert result["threshold"] >= 0.1
+    assert len(result["candidates"]) == 200
+    used = result["finetune_images"]
+    assert len(used) >= 2 and all((demo_root / p).is_file() for p in used)
+    assert (finetuned / "finetune" / "ssim_float64" / "finetune_plot.png").exists()
+
+
+def test_test_writes_contract_files(finetuned, demo_root, capsys):
+    assert test_cli.main(["-p", str(finetuned), "--save", "-q"]) == 0
+    out = finetuned / "test" / "ssim_float64"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro_0.3", "tpr", "tnr", "balanced_accuracy", "f1",
+                "n_images", "n_excluded_finetune", "min_area", "threshold", "method", "dtype",
+                "seconds", "images_per_second"):
+        assert key in metrics, key
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert list(rows[0]) == ["image", "label", "defect_type", "score", "predicted", "used_for_finetune"]
+    n_test = len(list((demo_root / "test").rglob("*.png")))
+    assert len(rows) == n_test
+    used = sum(r["used_for_finetune"] == "true" for r in rows)
+    assert used == metrics["n_excluded_finetune"] > 0
+    assert metrics["n_images"] == n_test - used
+    for r in rows:
+        assert r["label"] == ("0" if r["defect_type"] == "good" else "1")
+        amap = np.load(out / "maps" / f"{r['image']}.npy")
+        assert amap.shape == (64, 64) and amap.dtype == np.float32
+        assert (out / "images" / Path(r["image"]).with_suffix(".png")).exists()
+    assert "balanced_accuracy" in capsys.readouterr().out
+
+
+def test_test_rerun_replaces_only_its_folder(finetuned):
+    assert test_cli.main(["-p", str(finetuned), "-q"]) == 0
+    before = _snapshot(finetuned / "finetune")
+    assert test_cli.main(["-p", str(finetuned), "-q"]) == 0
+    out = finetuned / "test" / "ssim_float64"
+    assert not (out / "maps").exists()  # the new run without --save replaced the whole folder
+    assert _snapshot(finetuned / "finetune") == before
+    assert not [p for p in (finetuned / "test").iterdir() if p.name.startswith(".")]
+
+
+def _expect_error(capsys, main, argv, *needles):
+    code = run(main, argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_bad_paths_exit_2_with_one_line(capsys, tmp_path, trained):
+    _expect_error(capsys, train_cli.main, ["-d", str(tmp_path / "nope"), "-q"], "nope", "does not exist")
+    (tmp_path / "empty").mkdir()
+    _expect_error(capsys, train_cli.main, ["-d", str(tmp_path / "empty"), "-q"], "empty")
+    (tmp_path / "notrain" / "test").mkdir(parents=True)
+    _expect_error(capsys, train_cli.main, ["-d", str(tmp_path / "notrain"), "-q"], "train/good")
+    _expect_error(capsys, finetune_cli.main, ["-p", str(tmp_path / "missing.keras")], "missing.keras")
+    (tmp_path / "notes.txt").write_text("not a model")
+    _expect_error(capsys, finetune_cli.main, ["-p", str(tmp_path / "notes.txt")], "notes.txt", "model file")
+    fake = tmp_path / "fake"
+    shutil.copytree(trained, fake, ignore=shutil.ignore_patterns("*.keras"))
+    (fake / "model.keras").write_bytes(b"garbage")
+    _expect_error(capsys, finetune_cli.main, ["-p", str(fake / "model.keras")], "model.keras", "cannot load")
+
+
+def test_unknown_choices_exit_2(capsys, demo_root, tmp_path, trained):
+    for flag, value, needle in (("-a", "fooCAE", "--architecture"), ("-l", "huber", "--loss"),
+                                ("-c", "cmyk", "--color")):
+        _expect_error(capsys, train_cli.main, train_args(demo_root, tmp_path / "out", flag, value), needle, value)
+    assert not (tmp_path / "out").exists()
+    _expect_error(capsys, finetune_cli.main, ["-p", str(trained), "-m", "l3"], "--method")
+    _expect_error(capsys, finetune_cli.main, ["-p", str(trained), "-t", "int4"], "--dtype")
+
+
+def test_finetune_before_train_and_test_before_finetune(capsys, tmp_path, trained):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained, unfinished, ignore=shutil.ignore_patterns("*.keras", "finetune", "test"))
+    _expect_error(capsys, finetune_cli.main, ["-p", str(unfinished)], "no model file", "--resume")
+    fresh = tmp_path / "fresh"
+    shutil.copytree(trained, fresh, ignore=shutil.ignore_patterns("finetune", "test"))
+    before = _snapshot(fresh)
+    _expect_error(capsys, test_cli.main, ["-p", str(fresh)], "anomaly-finetune")
+    assert _snapshot(fresh) == before
+
+
+def test_bad_image_is_named_and_nothing_is_written(capsys, demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    bad = data / "train" / "good" / "005.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    _expect_error(capsys, train_cli.main, train_args(data, tmp_path / "out"), "005.png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_exit_code_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "from anomaly.cli.train import entry; entry()",
+                           "-d", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")

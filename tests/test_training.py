@@ -1,0 +1,79 @@
+"""Training policy, determinism and resuming after an interruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly.config import load_train_config
+from anomaly.training import OneCycle, PatienceAndCheckpoint, choose_learning_rate
+
+
+def test_lr_rule_takes_85_percent_of_the_descent():
+    lrs = np.logspace(-5, 1, 7)
+    losses = [1.0, 1.0, 0.9, 0.5, 0.2, 0.1, 3.0]  # max 1.0 before the minimum 0.1 -> target 0.235
+    lr_opt, lr_base = choose_learning_rate(lrs, losses, 0.85)
+    assert lr_opt == pytest.approx(lrs[4])
+    assert lr_base == pytest.approx(lrs[4])  # first rate above lr_opt / 10 before the minimum
+
+
+def test_one_cycle_shape():
+    sched = OneCycle(max_lr=1e-3, steps_per_epoch=10)
+    lrs, betas = zip(*(sched.value(i) for i in range(10)))
+    assert lrs[0] == pytest.approx(1e-4) and max(lrs) == pytest.approx(1e-3)
+    assert lrs[-1] < 3e-4 and lrs[-1] > 1e-3 / 1000
+    assert betas[0] == pytest.approx(0.95) and min(betas) == pytest.approx(0.85)
+    assert sched.value(10) == sched.value(0)  # one cycle per epoch
+    sched.halve()
+    assert sched.max_lr == pytest.approx(5e-4) and sched.base_lr == pytest.approx(5e-5)
+
+
+def _weights(model_dir):
+    import keras
+
+    (model_file,) = model_dir.glob("*.keras")
+    return keras.models.load_model(model_file, compile=False).get_weights()
+
+
+def _config(data, out, **kw):
+    values = {"data_dir": str(data), "output_dir": str(out), "input_size": 64, "epochs": 3, "batch_size": 8,
+              "lr_finder_epochs": 1, "seed": 3}
+    values.update(kw)
+    return load_train_config(values)
+
+
+def test_same_seed_same_model_and_resume_matches(demo_root, tmp_path, monkeypatch):
+    from anomaly.train import resume_config, train
+
+    first = train(_config(demo_root, tmp_path / "a"), progress=False)
+    second = train(_config(demo_root, tmp_path / "b"), progress=False)
+    for w1, w2 in zip(_weights(first.model_dir), _weights(second.model_dir)):
+        np.testing.assert_array_equal(w1, w2)
+    assert first.fit.lr == second.fit.lr and first.fit.lr_finder is not None
+    assert (first.model_dir / "plots" / "lr_plot.png").exists()
+
+    original = PatienceAndCheckpoint.on_epoch_end
+
+    def interrupt_after_first(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PatienceAndCheckpoint, "on_epoch_end", interrupt_after_first)
+    cut = train(_config(demo_root, tmp_path / "c"), progress=False)
+    assert cut.model_file is None and cut.fit.interrupted
+    assert (cut.model_dir / "checkpoint" / "state.json").exists()
+    monkeypatch.setattr(PatienceAndCheckpoint, "on_epoch_end", original)
+    resumed = train(resume_config(cut.model_dir), progress=False, resume_dir=cut.model_dir)
+    assert resumed.model_file is not None
+    assert [row["epoch"] for row in resumed.fit.history] == [1, 2, 3]
+    for w1, w2 in zip(_weights(first.model_dir), _weights(resumed.model_dir)):
+        np.testing.assert_allclose(w1, w2, rtol=1e-5, atol=1e-6)
+
+
+def test_other_seed_other_model(demo_root, tmp_path):
+    from anomaly.train import train
+
+    a = train(_config(demo_root, tmp_path / "a", epochs=1, lr=1e-3), progress=False)
+    b = train(_config(demo_root, tmp_path / "b", epochs=1, lr=1e-3, seed=4), progress=False)
+    assert any(not np.array_equal(x, y) for x, y in zip(_weights(a.model_dir), _weights(b.model_dir)))
