@@ -108,7 +108,10 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All options as a flat mapping; `extra` keys sit beside the fields (as saved)."""
+        values = dataclasses.asdict(self)
+        values.update(values.pop("extra"))
+        return values
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -130,20 +133,52 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _coerce(key: str, value: Any, kind: str, source: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise naming the option."""
+    def bad(expected: str) -> AnomalyError:
+        return AnomalyError(f"{source}: option '{key}' expects {expected}, got {value!r}")
+
+    if value is None:
+        if "None" in kind or kind == "str":
+            return None
+        raise bad(kind)
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise bad("true or false")
+    if kind.startswith("int"):
+        if isinstance(value, bool):
+            raise bad("an integer")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad("an integer") from None
+        if not number.is_integer():
+            raise bad("an integer")
+        return int(number)
+    if kind.startswith("float"):
+        if isinstance(value, bool):
+            raise bad("a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    return str(value)
+
+
 def _apply(config: TrainConfig, values: dict[str, Any], source: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     for key, value in values.items():
         key = key.replace("-", "_")
-        if key not in fields or key == "extra":
+        if key not in kinds or key == "extra":
             raise AnomalyError(f"{source}: unknown option '{key}'")
-        current = getattr(config, key)
-        if value is not None and current is not None and not isinstance(value, type(current)):
-            try:
-                value = type(current)(value)
-            except (TypeError, ValueError):
-                raise AnomalyError(f"{source}: option '{key}' expects {type(current).__name__}, "
-                                   f"got {value!r}") from None
-        setattr(config, key, value)
+        setattr(config, key, _coerce(key, value, kinds[key], source))
 
 
 def load_train_config(overrides: dict[str, Any], config_file: str | None = None) -> TrainConfig:

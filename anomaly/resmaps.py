@@ -56,7 +56,7 @@ def _filter(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     return tf.nn.depthwise_conv2d(x, kernel, strides=[1, 1, 1, 1], padding="VALID")
 
 
-@tf.function(reduce_retracing=True)
+@tf.function  # one trace per input shape: the kernel is built for the static channel count
 def ssim_map(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """Local SSIM of two (N, H, W, C) batches in [0, 1], averaged over channels: (N, H, W)."""
     x = tf.cast(x, tf.float32)
@@ -72,7 +72,7 @@ def ssim_map(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(s, axis=-1)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function
 def _l2_map(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     d = tf.cast(x, tf.float32) - tf.cast(y, tf.float32)
     return tf.reduce_mean(d * d, axis=-1)

@@ -167,4 +167,14 @@ def finetune_split(samples: list[Sample], fraction: float, seed: int) -> list[Sa
         stratify = labels if min(labels.count(0), labels.count(1)) >= 2 else None
         _, picked = train_test_split(index, test_size=n_pick, random_state=seed, stratify=stratify)
     picked = set(int(i) for i in picked)
+    # Stratifying a small subset can round a rare class down to zero; a pair cannot be
+    # chosen without both classes, so swap one image of the larger class for a missing one.
+    rng = np.random.default_rng(seed)
+    for label in (0, 1):
+        have = [i for i in picked if samples[i].label == label]
+        pool = [i for i, s in enumerate(samples) if s.label == label and i not in picked]
+        if not have and pool:
+            donors = sorted(i for i in picked if samples[i].label != label)
+            picked.discard(donors[int(rng.integers(len(donors)))])
+            picked.add(pool[int(rng.integers(len(pool)))])
     return [s for i, s in enumerate(samples) if i in picked]

@@ -1,0 +1,294 @@
+"""Tests for anomaly.config: layered training configuration and its validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anomaly import config as config_module
+from anomaly.config import MSSIM_MIN_SIZE, TrainConfig, config_from_dict, load_train_config, read_yaml
+from anomaly.errors import AnomalyError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch) -> Path:
+    """An empty stand-in for configs/, so a test controls which defaults files exist."""
+    d = tmp_path / "configs"
+    d.mkdir()
+    monkeypatch.setattr(config_module, "CONFIG_DIR", d)
+    return d
+
+
+def assert_one_line(exc: pytest.ExceptionInfo, *parts: str) -> None:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for part in parts:
+        assert part in msg, (part, msg)
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_dataclass_defaults():
+    c = TrainConfig()
+    assert (c.architecture, c.color_mode, c.loss) == ("mvtecCAE", "grayscale", "ssim")
+    assert (c.input_size, c.batch_size, c.epochs, c.seed, c.val_split) == (256, 8, 1024, 42, 0.1)
+    assert c.lr is None and c.precision == "float32" and c.jit_compile is False
+    assert c.extra == {}
+    assert c.channels == 1 and c.input_shape == (256, 256, 1)
+    rgb = TrainConfig(color_mode="rgb", input_size=64)
+    assert rgb.channels == 3 and rgb.input_shape == (64, 64, 3)
+
+
+def test_shipped_default_yaml_is_valid_and_matches_the_dataclass():
+    shipped = read_yaml(config_module.CONFIG_DIR / "default.yaml")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(shipped) <= names
+    resolved = load_train_config({"data_dir": "x"})
+    assert resolved == TrainConfig(data_dir="x")
+
+
+def test_without_any_file_the_dataclass_defaults_apply(config_dir):
+    assert load_train_config({}) == TrainConfig()
+
+
+def test_default_yaml_is_applied(config_dir):
+    write(config_dir / "default.yaml", "batch_size: 4\nepochs: 3\nrotation: 0.0\n")
+    c = load_train_config({})
+    assert (c.batch_size, c.epochs, c.rotation) == (4, 3, 0.0)
+    assert c.input_size == 256  # untouched fields keep the dataclass default
+
+
+def test_precedence_default_architecture_file_cli(config_dir, tmp_path):
+    write(config_dir / "default.yaml", "batch_size: 4\nepochs: 3\nseed: 1\nshift: 0.2\n")
+    write(config_dir / "baselineCAE.yaml", "epochs: 5\nseed: 2\nshift: 0.3\n")
+    user = write(tmp_path / "user.yaml", "architecture: baselineCAE\nseed: 3\nshift: 0.4\n")
+    c = load_train_config({"shift": 0.5, "batch_size": None}, str(user))
+    assert c.architecture == "baselineCAE"
+    assert c.batch_size == 4  # default.yaml, the None override is ignored
+    assert c.epochs == 5      # architecture file over default.yaml
+    assert c.seed == 3        # --config file over the architecture file
+    assert c.shift == 0.5     # command line over everything
+
+
+def test_architecture_file_follows_the_command_line_architecture(config_dir, tmp_path):
+    write(config_dir / "baselineCAE.yaml", "epochs: 5\n")
+    write(config_dir / "skipCAE.yaml", "epochs: 7\n")
+    user = write(tmp_path / "user.yaml", "architecture: baselineCAE\n")
+    c = load_train_config({"architecture": "skipCAE"}, str(user))
+    assert (c.architecture, c.epochs) == ("skipCAE", 7)
+
+
+def test_none_overrides_are_ignored(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "batch_size: 16\nloss: l2\n")
+    c = load_train_config({"batch_size": None, "loss": None, "lr": None, "data_dir": None}, str(user))
+    assert (c.batch_size, c.loss, c.lr, c.data_dir) == (16, "l2", None, "")
+
+
+def test_hyphenated_keys_in_yaml(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "batch-size: 2\ninput-size: 64\n")
+    c = load_train_config({}, str(user))
+    assert (c.batch_size, c.input_size) == (2, 64)
+
+
+def test_lr_set_from_yaml_float(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "lr: 1.0e-3\n")
+    assert load_train_config({}, str(user)).lr == pytest.approx(1e-3)
+
+
+# --------------------------------------------------------------------------- type coercion
+
+
+def test_numeric_strings_are_coerced(config_dir, tmp_path):
+    c = load_train_config({"batch_size": "16", "rotation": "2.5", "input_size": "64"})
+    assert c.batch_size == 16 and type(c.batch_size) is int
+    assert c.rotation == 2.5 and type(c.rotation) is float
+    assert c.input_size == 64
+
+
+def test_int_for_float_field_becomes_float(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "lr_finder_end: 10\nbrightness: 0\n")
+    c = load_train_config({}, str(user))
+    assert c.lr_finder_end == 10.0 and type(c.lr_finder_end) is float
+    assert c.brightness == 0.0 and type(c.brightness) is float
+
+
+def test_non_numeric_string_for_int_field_is_rejected(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "batch_size: eight\n")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({}, str(user))
+    assert_one_line(exc, str(user), "batch_size", "eight")
+
+
+def test_bad_type_on_command_line_names_the_source(config_dir):
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({"epochs": "many"})
+    assert_one_line(exc, "command line", "epochs")
+
+
+@pytest.mark.parametrize("text", ["lr: 1e-3\n", "lr: fast\n"])
+def test_lr_string_in_yaml_is_coerced_or_rejected(config_dir, tmp_path, text):
+    user = write(tmp_path / "user.yaml", text)
+    try:
+        c = load_train_config({}, str(user))
+    except AnomalyError as exc:
+        assert "lr" in str(exc)
+        return
+    assert isinstance(c.lr, float) and c.lr == pytest.approx(1e-3)
+
+
+def test_quoted_false_does_not_enable_a_flag(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "jit_compile: 'false'\ninspect: 'no'\n")
+    try:
+        c = load_train_config({}, str(user))
+    except AnomalyError:
+        return
+    assert c.jit_compile is False and c.inspect is False
+
+
+def test_fractional_value_for_int_field_is_rejected(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "batch_size: 8.7\n")
+    with pytest.raises(AnomalyError, match="batch_size"):
+        load_train_config({}, str(user))
+
+
+# --------------------------------------------------------------------------- file errors
+
+
+def test_unknown_option_in_yaml_names_file_and_option(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "batch_size: 4\nlearning_rate: 0.1\n")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({}, str(user))
+    assert_one_line(exc, str(user), "learning_rate")
+
+
+def test_extra_is_not_a_settable_option(config_dir, tmp_path):
+    user = write(tmp_path / "user.yaml", "extra: {a: 1}\n")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({}, str(user))
+    assert_one_line(exc, str(user), "extra")
+
+
+def test_unknown_option_on_command_line(config_dir):
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({"bogus": 1})
+    assert_one_line(exc, "command line", "bogus")
+
+
+def test_unknown_option_in_default_yaml_names_that_file(config_dir):
+    path = write(config_dir / "default.yaml", "typo_option: 1\n")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({})
+    assert_one_line(exc, str(path), "typo_option")
+
+
+def test_malformed_yaml(config_dir, tmp_path):
+    user = write(tmp_path / "bad.yaml", "batch_size: [4, 8\nloss: : ssim\n")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({}, str(user))
+    assert_one_line(exc, str(user))
+
+
+def test_yaml_that_is_not_a_mapping(config_dir, tmp_path):
+    user = write(tmp_path / "list.yaml", "- batch_size\n- 4\n")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({}, str(user))
+    assert_one_line(exc, str(user))
+
+
+def test_missing_config_file(config_dir, tmp_path):
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({}, str(tmp_path / "absent.yaml"))
+    assert_one_line(exc, str(tmp_path / "absent.yaml"))
+
+
+def test_empty_yaml_file_changes_nothing(config_dir, tmp_path):
+    user = write(tmp_path / "empty.yaml", "# only a comment\n")
+    assert load_train_config({}, str(user)) == TrainConfig()
+
+
+# --------------------------------------------------------------------------- validate
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    ({"architecture": "superCAE"}, "--architecture"),
+    ({"loss": "l1"}, "--loss"),
+    ({"color_mode": "cmyk"}, "--color"),
+    ({"precision": "float16"}, "--precision"),
+    ({"input_size": 100}, "--input-size"),
+    ({"input_size": 0}, "--input-size"),
+    ({"batch_size": 0}, "--batch"),
+    ({"batch_size": -4}, "--batch"),
+    ({"epochs": 0}, "--epochs"),
+    ({"val_split": 0.0}, "--val-split"),
+    ({"val_split": 1.0}, "--val-split"),
+    ({"lr": 0.0}, "--lr"),
+    ({"lr": -1e-3}, "--lr"),
+])
+def test_validate_names_the_flag(config_dir, overrides, flag):
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config(overrides)
+    assert_one_line(exc, flag)
+    bad_value = str(next(iter(overrides.values())))
+    assert bad_value in str(exc.value)
+
+
+def test_validate_accepts_every_listed_choice(config_dir):
+    from anomaly.models import list_architectures
+
+    for arch in list_architectures():
+        assert load_train_config({"architecture": arch}).architecture == arch
+    for loss in ("ssim", "l2"):
+        assert load_train_config({"loss": loss}).loss == loss
+    assert load_train_config({"color_mode": "rgb"}).channels == 3
+    assert load_train_config({"precision": "mixed_bfloat16"}).precision == "mixed_bfloat16"
+
+
+def test_mssim_needs_a_large_input(config_dir):
+    assert MSSIM_MIN_SIZE == 176
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({"loss": "mssim", "input_size": 160})
+    assert_one_line(exc, "mssim", "--input-size", "176")
+    assert load_train_config({"loss": "mssim", "input_size": 192}).loss == "mssim"
+
+
+def test_validate_returns_the_config():
+    c = TrainConfig(input_size=64)
+    assert c.validate() is c
+
+
+# --------------------------------------------------------------------------- saved configs
+
+
+def test_config_from_dict_keeps_unknown_keys_in_extra():
+    c = TrainConfig(data_dir="/data/bottle", loss="l2", input_size=128, lr=1e-3)
+    saved = c.to_dict()
+    saved["split"] = {"train": ["train/good/000.png"], "validation": ["train/good/001.png"]}
+    saved["versions"] = {"tensorflow": "2.21"}
+    # through YAML, as in a model directory's config.yaml
+    loaded = config_from_dict(yaml.safe_load(yaml.safe_dump(saved)))
+    assert loaded.extra == {"split": saved["split"], "versions": saved["versions"]}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "extra":
+            assert getattr(loaded, f.name) == getattr(c, f.name), f.name
+    loaded.validate()
+
+
+def test_config_from_dict_tolerates_missing_keys():
+    c = config_from_dict({"loss": "l2", "note": "old run"})
+    assert c.loss == "l2" and c.batch_size == 8
+    assert c.extra == {"note": "old run"}
+
+
+def test_to_dict_config_from_dict_round_trip_keeps_extra():
+    c = config_from_dict({"loss": "l2", "split": {"validation": ["train/good/001.png"]}})
+    again = config_from_dict(c.to_dict())
+    assert again.extra == c.extra
