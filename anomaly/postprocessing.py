@@ -65,7 +65,13 @@ def largest_area_table(maps: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 def classify(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     """1 for each map holding a region over `threshold` of at least `min_area` pixels, else 0."""
-    return (largest_region_areas(maps, threshold) >= min_area).astype(np.int64)
+    out = np.zeros(len(maps), dtype=np.int64)
+    # A map with fewer pixels over the threshold than min_area cannot hold such a region:
+    # only the others need connected components (most defect-free maps are skipped).
+    candidates = np.flatnonzero((maps > threshold).reshape(len(maps), -1).sum(axis=1) >= min_area)
+    if candidates.size:
+        out[candidates] = largest_region_areas(maps[candidates], threshold) >= min_area
+    return out
 
 
 def image_scores(maps: np.ndarray, sigma: float = 4.0) -> np.ndarray:

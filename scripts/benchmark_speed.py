@@ -91,7 +91,7 @@ def bench(data: Path, architecture: str, setting: str, epochs: int, batch: int) 
         return time.perf_counter() - start
 
     run_test()
-    test_seconds = min(run_test() for _ in range(2))
+    test_seconds = min(run_test() for _ in range(3))
     return {"architecture": architecture, "setting": setting, "params": model.count_params(),
             "train_images": len(train_x), "batch": batch,
             "first_epoch_s": round(times[0], 2),

@@ -17,7 +17,7 @@ from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 from anomaly.losses import get_loss, get_metric
 from anomaly.models import build_model
-from anomaly.resmaps import residual_maps
+from anomaly.resmaps import check_method, finish_map, ssim_map
 from anomaly.training import (MIN_FINDER_STEPS, LRFinderResult, OneCycle, PatienceAndCheckpoint, find_learning_rate,
                               load_checkpoint_state, make_optimizer, restore_optimizer)
 
@@ -145,18 +145,25 @@ class AutoencoderDetector(Detector):
 
     def _predict_fn(self):
         if self._predict is None:
-            self._predict = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+            spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+
+            @tf.function(input_signature=[spec])
+            def predict(x):
+                y = tf.cast(self.model(x, training=False), tf.float32)
+                return y, 1.0 - ssim_map(x, y), tf.reduce_mean(tf.square(x - y), axis=-1)
+
+            self._predict = predict
         return self._predict
 
     def reconstruct(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Reconstructions of (N, H, W, C) images, float32 in [0, 1]."""
-        predict = self._predict_fn()
-        out = [predict(x).numpy() for x, _ in evaluation_dataset(images, batch_size)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, *self.input_shape), np.float32)
+        return self.anomaly_maps(images, batch_size=batch_size, return_reconstructions=True)[1]
 
     def anomaly_maps(self, images: np.ndarray, method: str = "ssim", dtype: str = "float64",
                      batch_size: int = 32, return_reconstructions: bool = False):
         """Residual maps (N, H, W) of images against their reconstructions.
+
+        The model and the map run in one compiled function per batch.
 
         Args:
             images: (N, H, W, C) in [0, 1].
@@ -168,13 +175,14 @@ class AutoencoderDetector(Detector):
         Returns:
             The maps, or (maps, reconstructions).
         """
+        check_method(method, dtype)
         predict = self._predict_fn()
         maps, recons = [], []
-        for x, _ in evaluation_dataset(images, batch_size):
-            y = predict(x)
-            maps.append(residual_maps(x, y, method, dtype))
+        for start in range(0, len(images), batch_size):
+            y, ssim_residual, l2_residual = predict(tf.constant(images[start:start + batch_size]))
+            maps.append(finish_map(ssim_residual if method == "ssim" else l2_residual, method, dtype))
             if return_reconstructions:
-                recons.append(y.numpy().astype(np.float32))
+                recons.append(y.numpy())
         maps = np.concatenate(maps) if maps else np.zeros((0, *self.input_shape[:2]), np.float32)
         if return_reconstructions:
             return maps, (np.concatenate(recons) if recons else np.zeros((0, *self.input_shape), np.float32))

@@ -12,6 +12,8 @@ trainable.
 import keras
 from keras import layers
 
+from anomaly.models.layers import UpsampleConv2D
+
 # Total downsampling factor between the input and the latent map.
 _DOWNSAMPLING = 32
 
@@ -54,10 +56,15 @@ def _conv(x, filters, kernel_size, strides, name, activation="relu", dtype=None)
     )(x)
 
 
-def _up_conv(x, size, filters, kernel_size, strides, index):
-    """Nearest-neighbour upsampling by `size`, then a ReLU conv."""
-    x = layers.UpSampling2D(size, interpolation="nearest", name=f"dec_up{index}")(x)
-    return _conv(x, filters, kernel_size, strides, name=f"dec_conv{index}")
+def _up_conv(x, size, filters, kernel_size, strides, index, activation="relu", dtype=None, name=None):
+    """Nearest-neighbour upsampling by `size`, then a conv, fused into one layer.
+
+    `UpsampleConv2D` has the Conv2D's weights and computes the same function at the lower
+    resolution: the Up(2) + 8x8 convs near full resolution, 80 % of the multiply-adds of the
+    plain graph, become 2.5x cheaper.
+    """
+    return UpsampleConv2D(filters, kernel_size, scale=size, strides=strides, activation=activation,
+                          dtype=dtype, name=name or f"dec_conv{index}")(x)
 
 
 def mvtec_cae(input_shape=(256, 256, 1), name="mvtecCAE"):
@@ -65,7 +72,9 @@ def mvtec_cae(input_shape=(256, 256, 1), name="mvtecCAE"):
 
     Layer stack at 256x256 (spec section 3.1): nine ReLU encoder convs down
     to 8x8x32, a linear Conv(1, 8) latent of 8x8x1, then a decoder of
-    Conv / Up(n)+Conv pairs back to 256x256 and a sigmoid Conv(C, 8).
+    Conv / Up(n)+Conv pairs back to 256x256 and a sigmoid Conv(C, 8). Each
+    Up(n)+Conv pair is one `UpsampleConv2D` layer: the same weights and
+    outputs, computed at the lower resolution.
 
     Args:
         input_shape: `(height, width, channels)`; channels is 1 or 3, height
@@ -112,9 +121,7 @@ def mvtec_cae(input_shape=(256, 256, 1), name="mvtecCAE"):
     x = _up_conv(x, 2, 32, 8, 1, index=9)
 
     # Output.
-    x = layers.UpSampling2D(2, interpolation="nearest", name="output_up")(x)
-    outputs = _conv(
-        x, channels, 8, 1, name="output", activation="sigmoid", dtype="float32"
-    )
+    outputs = _up_conv(x, 2, channels, 8, 1, index=None, activation="sigmoid", dtype="float32",
+                       name="output")
 
     return keras.Model(inputs, outputs, name=name)
