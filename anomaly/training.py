@@ -212,8 +212,8 @@ class PatienceAndCheckpoint(keras.callbacks.Callback):
     """Early stopping, reduce-on-plateau and per-epoch checkpoints in one place.
 
     Args:
-        checkpoint_dir: where `last.weights.h5`, `best.weights.h5`, `optimizer.npz` and
-            `state.json` are written after every epoch.
+        checkpoint_dir: where `last.weights.h5` (with the optimizer state), `best.weights.h5`
+            and `state.json` are written after every epoch.
         schedule: the OneCycle callback whose rate is halved on a plateau.
         early_stopping: patience in epochs before training stops.
         reduce_on_plateau: patience in epochs before the rate is halved.
@@ -256,9 +256,8 @@ class PatienceAndCheckpoint(keras.callbacks.Callback):
         self._save(epoch)
 
     def _save(self, epoch: int) -> None:
+        # A compiled model's weights file holds the optimizer's variables too (moments, step).
         self.model.save_weights(self.dir / "last.weights.h5")
-        opt = self.model.optimizer
-        np.savez(self.dir / "optimizer.npz", *[np.asarray(v.numpy()) for v in opt.variables])
         state = {"epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch,
                  "wait": self.wait, "plateau_wait": self.plateau_wait,
                  "max_lr": self.schedule.max_lr, "base_lr": self.schedule.base_lr,
@@ -278,14 +277,3 @@ def load_checkpoint_state(checkpoint_dir: Path) -> dict | None:
     """The saved training state of an interrupted run, or None."""
     path = Path(checkpoint_dir) / "state.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def restore_optimizer(model: keras.Model, checkpoint_dir: Path) -> None:
-    """Build the compiled model's optimizer and load its saved variables."""
-    opt = model.optimizer
-    opt.build(model.trainable_variables)
-    saved = np.load(Path(checkpoint_dir) / "optimizer.npz")
-    values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    if len(values) == len(opt.variables):
-        for var, value in zip(opt.variables, values):
-            var.assign(value)

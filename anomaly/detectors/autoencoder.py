@@ -19,7 +19,7 @@ from anomaly.losses import get_loss, get_metric
 from anomaly.models import build_model
 from anomaly.resmaps import check_method, finish_map, ssim_map
 from anomaly.training import (MIN_FINDER_STEPS, LRFinderResult, OneCycle, PatienceAndCheckpoint, find_learning_rate,
-                              load_checkpoint_state, make_optimizer, restore_optimizer)
+                              load_checkpoint_state, make_optimizer)
 
 
 @dataclass
@@ -122,8 +122,8 @@ class AutoencoderDetector(Detector):
         keeper = PatienceAndCheckpoint(checkpoint_dir, schedule, cfg.early_stopping,
                                        cfg.reduce_on_plateau, state)
         if state:
+            self.model.optimizer.build(self.model.trainable_variables)
             self.model.load_weights(Path(checkpoint_dir) / "last.weights.h5")
-            restore_optimizer(self.model, checkpoint_dir)
             schedule.max_lr, schedule.base_lr = state["max_lr"], state["base_lr"]
             schedule.iteration = state["iteration"]
         recorder = _RecordLR()
