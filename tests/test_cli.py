@@ -146,3 +146,18 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize("architecture", ["baselineCAE", "inceptionCAE", "resnetCAE", "skipCAE"])
+def test_every_architecture_trains_finetunes_and_tests(architecture, demo_root, tmp_path):
+    extra = ["-a", architecture, "-e", "1"] + (["--inspect"] if architecture == "skipCAE" else [])
+    assert train_cli.main(train_args(demo_root, tmp_path, *extra)) == 0
+    (model_file,) = tmp_path.rglob("*.keras")
+    assert model_file.name.startswith(f"{architecture}_b8_e")
+    assert finetune_cli.main(["-p", str(model_file), "-m", "l2", "-t", "uint8", "-q"]) == 0
+    assert test_cli.main(["-p", str(model_file.parent), "-q"]) == 0
+    metrics = json.loads((model_file.parent / "test" / "l2_uint8" / "metrics.json").read_text())
+    assert metrics["method"] == "l2" and metrics["dtype"] == "uint8"
+    if architecture == "skipCAE":
+        assert len(list((model_file.parent / "inspection" / "val").glob("*_inspection.png"))) >= 1
+        assert len(list((model_file.parent / "inspection" / "test").glob("*_inspection.png"))) >= 1
