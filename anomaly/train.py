@@ -16,6 +16,7 @@ from anomaly.config import TrainConfig, config_from_dict
 from anomaly.data.dataset import Dataset, find_dataset, validation_split
 from anomaly.data.io import read_images
 from anomaly.detectors.autoencoder import AutoencoderDetector, FitResult, set_seed
+from anomaly.training import load_checkpoint_state
 from anomaly.errors import AnomalyError
 
 N_INSPECT = 8
@@ -23,10 +24,10 @@ N_INSPECT = 8
 
 @dataclass
 class TrainOutcome:
-    """Where training saved its results and how it went."""
+    """Where training saved its results and how it went (`fit.interrupted` after Ctrl-C)."""
 
     model_dir: Path
-    model_file: Path | None
+    model_file: Path
     fit: FitResult
 
 
@@ -71,7 +72,8 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
         resume_dir: an interrupted model directory to continue instead of starting afresh.
 
     Returns:
-        The model directory, the model file (None when interrupted) and the training record.
+        The model directory, the model file (the best so far when interrupted) and the
+        training record.
     """
     dataset = find_dataset(config.data_dir)
     set_seed(config.seed)
@@ -104,14 +106,14 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
                              "lrs": f.lrs, "losses": f.losses})
     if result.schedule:
         plots.plot_schedule(result.schedule, model_dir / "plots" / "lr_schedule_plot.png")
-    if result.interrupted:
-        return TrainOutcome(model_dir, None, result)
-
+    # An interrupted run still leaves its best model to use; resuming replaces it.
+    for stale in model_dir.glob("*.keras"):
+        stale.unlink()
     model_file = model_dir / f"{config.architecture}_b{config.batch_size}_e{result.best_epoch}.keras"
     tmp = model_file.with_name(".tmp-" + model_file.name)
     detector.save(tmp)
     tmp.replace(model_file)
-    if config.inspect:
+    if config.inspect and not result.interrupted:
         inspect(detector, dataset, val_s, val_x, model_dir / "inspection")
     return TrainOutcome(model_dir, model_file, result)
 
@@ -137,6 +139,7 @@ def resume_config(model_dir: Path) -> TrainConfig:
     model_dir = Path(model_dir)
     if not (model_dir / "checkpoint" / "state.json").exists():
         raise AnomalyError(f"--resume {model_dir}: no checkpoint/state.json (nothing to resume)")
-    if any(model_dir.glob("*.keras")):
-        raise AnomalyError(f"--resume {model_dir}: training already finished (a model file exists)")
+    state = load_checkpoint_state(model_dir / "checkpoint")
+    if state.get("finished"):
+        raise AnomalyError(f"--resume {model_dir}: training already finished")
     return config_from_dict(modeldir.read_config(model_dir)).validate()

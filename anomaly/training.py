@@ -267,6 +267,15 @@ class PatienceAndCheckpoint(keras.callbacks.Callback):
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self.dir / "state.json")
 
+    def mark_finished(self) -> None:
+        """Record that training ended normally, so it cannot be resumed."""
+        path = self.dir / "state.json"
+        state = json.loads(path.read_text()) if path.exists() else {}
+        state["finished"] = True
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(path)
+
     def restore_best(self) -> None:
         """Load the best weights seen so far into the model."""
         if (self.dir / "best.weights.h5").exists():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from anomaly.config import load_train_config
+from anomaly.errors import AnomalyError
 from anomaly.training import OneCycle, PatienceAndCheckpoint, choose_learning_rate
 
 
@@ -61,12 +62,15 @@ def test_same_seed_same_model_and_resume_matches(demo_root, tmp_path, monkeypatc
 
     monkeypatch.setattr(PatienceAndCheckpoint, "on_epoch_end", interrupt_after_first)
     cut = train(_config(demo_root, tmp_path / "c"), progress=False)
-    assert cut.model_file is None and cut.fit.interrupted
+    assert cut.fit.interrupted and cut.model_file.name == "mvtecCAE_b8_e1.keras"  # best so far, usable
     assert (cut.model_dir / "checkpoint" / "state.json").exists()
     monkeypatch.setattr(PatienceAndCheckpoint, "on_epoch_end", original)
     resumed = train(resume_config(cut.model_dir), progress=False, resume_dir=cut.model_dir)
-    assert resumed.model_file is not None
+    assert not resumed.fit.interrupted
+    assert [p.name for p in resumed.model_dir.glob("*.keras")] == [resumed.model_file.name]
     assert [row["epoch"] for row in resumed.fit.history] == [1, 2, 3]
+    with pytest.raises(AnomalyError, match="already finished"):
+        resume_config(cut.model_dir)
     for w1, w2 in zip(_weights(first.model_dir), _weights(resumed.model_dir)):
         np.testing.assert_allclose(w1, w2, rtol=1e-5, atol=1e-6)
 

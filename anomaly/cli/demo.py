@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_train_config({"data_dir": str(data), "output_dir": args.output_dir, "epochs": args.epochs,
                                 "seed": args.seed}, str(CONFIG_DIR / "demo.yaml"))
     outcome = train(config, progress=not args.quiet)
-    if outcome.model_file is None:
+    if outcome.fit.interrupted:
         print(f"interrupted; resume with: anomaly-train --resume {outcome.model_dir}")
         return 130
     print(f"trained {len(outcome.fit.history)} epochs in {outcome.fit.seconds:.0f} s: {outcome.model_file}")

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_train_config(overrides, args.config)
         outcome = train(config, progress=not args.quiet)
     fit = outcome.fit
-    if outcome.model_file is None:
-        print(f"interrupted after epoch {len(fit.history)}; checkpoint kept in {outcome.model_dir}\n"
-              f"resume with: anomaly-train --resume {outcome.model_dir}")
+    if fit.interrupted:
+        print(f"interrupted after epoch {len(fit.history)}: best model so far (epoch {fit.best_epoch}) "
+              f"saved as {outcome.model_file}\nresume with: anomaly-train --resume {outcome.model_dir}")
         return 130
     print(f"trained {len(fit.history)} epochs in {fit.seconds:.1f} s (best epoch {fit.best_epoch}, lr {fit.lr:.3g})")
     print(f"model: {outcome.model_file}")

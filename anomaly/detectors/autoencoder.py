@@ -138,6 +138,8 @@ class AutoencoderDetector(Detector):
             except KeyboardInterrupt:
                 interrupted = True
         keeper.restore_best()
+        if not interrupted:
+            keeper.mark_finished()
         self._predict = None
         return FitResult(history=keeper.history, best_epoch=keeper.best_epoch + 1, lr_finder=finder,
                          lr=lr, schedule=recorder.lrs, interrupted=interrupted,
