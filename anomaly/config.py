@@ -25,7 +25,7 @@ class TrainConfig:
 
     Attributes:
         data_dir: the dataset category folder (MVTec layout).
-        architecture: a name from `anomaly.models.list_architectures()`.
+        architecture: a name from `anomaly.detectors.list_detectors()`.
         color_mode: "grayscale" or "rgb".
         loss: "ssim", "mssim" or "l2".
         input_size: images are resized to input_size x input_size.
@@ -77,6 +77,13 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def variant(self) -> str:
+        """The model-directory level below the architecture: the loss of an autoencoder."""
+        from anomaly.detectors import is_autoencoder
+
+        return self.loss if is_autoencoder(self.architecture) else "none"
+
+    @property
     def channels(self) -> int:
         return 1 if self.color_mode == "grayscale" else 3
 
@@ -86,11 +93,11 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check values a user can get wrong; raise AnomalyError naming the flag."""
-        from anomaly.models import list_architectures
+        from anomaly.detectors import list_detectors
 
-        if self.architecture not in list_architectures():
+        if self.architecture not in list_detectors():
             raise AnomalyError(f"--architecture: unknown architecture '{self.architecture}': "
-                               f"expected one of {', '.join(list_architectures())}")
+                               f"expected one of {', '.join(list_detectors())}")
         _choice("--loss", self.loss, LOSSES)
         _choice("--color", self.color_mode, COLOR_MODES)
         _choice("--precision", self.precision, PRECISIONS)

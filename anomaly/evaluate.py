@@ -31,7 +31,8 @@ def _predictions_csv(rows: list[dict]) -> str:
 def _read_finetune(model_dir: Path, method: str | None, dtype: str | None) -> list[dict]:
     results = modeldir.finetune_results(model_dir)
     if method or dtype:
-        results = [p for p in results if p.parent.name == f"{method or 'ssim'}_{dtype or 'float64'}"]
+        results = [p for p in results if (not method or p.parent.name.startswith(f"{method}_"))
+                   and (not dtype or p.parent.name.endswith(f"_{dtype}"))]
     if not results:
         raise AnomalyError(f"{model_dir}: no finetune results"
                            f"{f' for {method}/{dtype}' if method or dtype else ''} "

@@ -21,10 +21,11 @@ from anomaly import modeldir, plots
 from anomaly.config import TrainConfig, config_from_dict
 from anomaly.data.dataset import Dataset, Sample, find_dataset, finetune_split
 from anomaly.data.io import read_images
-from anomaly.detectors.autoencoder import AutoencoderDetector
+from anomaly.detectors import load_detector
+from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 from anomaly.metrics import classification_metrics
-from anomaly.postprocessing import largest_area_table, threshold_grid
+from anomaly.postprocessing import largest_area_table, quantile_grid, threshold_grid
 from anomaly.resmaps import THRESHOLD_GRID, check_method
 
 MIN_AREAS = tuple(range(5, 1005, 5))
@@ -38,7 +39,7 @@ class LoadedModel:
     model_file: Path
     config: TrainConfig
     dataset: Dataset
-    detector: AutoencoderDetector
+    detector: Detector
 
     def samples(self, relpaths: list[str]) -> list[Sample]:
         by_path = {s.relpath: s for s in self.dataset.train + self.dataset.test}
@@ -58,7 +59,7 @@ def load_model(path: str | Path) -> LoadedModel:
     model_dir, model_file = modeldir.resolve(path)
     config = config_from_dict(modeldir.read_config(model_dir))
     dataset = find_dataset(config.data_dir)
-    detector = AutoencoderDetector.load(config, model_file)
+    detector = load_detector(config, model_file)
     return LoadedModel(model_dir, model_file, config, dataset, detector)
 
 
@@ -77,8 +78,11 @@ def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray
         (best row, candidate table); each row has min_area, threshold, tpr, tnr,
         balanced_accuracy and f1 on the finetune images.
     """
-    start, step = THRESHOLD_GRID[(dtype, method)]
-    grid = threshold_grid(start, step, float(val_maps.max()))
+    if (dtype, method) in THRESHOLD_GRID:
+        start, step = THRESHOLD_GRID[(dtype, method)]
+        grid = threshold_grid(start, step, float(val_maps.max()))
+    else:
+        grid = quantile_grid(val_maps)
     largest_val = largest_area_table(val_maps, grid).max(axis=1)
     ft_areas = largest_area_table(ft_maps, grid)
     table = []
@@ -94,13 +98,14 @@ def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray
     return table[int(np.argmax(scores))], table
 
 
-def finetune(path: str | Path, method: str = "ssim", dtype: str = "float64", fraction: float = 0.1,
+def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
              seed: int | None = None, progress: bool = True) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
     Args:
         path: the model file or its directory.
-        method: residual map, "ssim" or "l2".
+        method: the map: "ssim" or "l2" for autoencoders, "zscore" for pixel-gaussian;
+            None for the detector's first.
         dtype: "float64" or "uint8".
         fraction: share of the test images used (and then excluded from testing).
         seed: seeds the finetune subset; the training seed when None.
@@ -109,10 +114,11 @@ def finetune(path: str | Path, method: str = "ssim", dtype: str = "float64", fra
     Returns:
         The content of finetune.json.
     """
-    check_method(method, dtype)
     if not 0 < fraction < 1:
         raise AnomalyError(f"--split: expected a fraction in (0, 1), got {fraction}")
     loaded = load_model(path)
+    method = method or loaded.detector.methods[0]
+    check_method(method, dtype, loaded.detector.methods)
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed
     val = loaded.samples(cfg.extra["split"]["validation"])

@@ -22,7 +22,7 @@ import yaml
 
 from anomaly.errors import AnomalyError
 
-MODEL_SUFFIXES = (".keras", ".hdf5", ".h5")
+MODEL_SUFFIXES = (".keras", ".hdf5", ".h5", ".npz")
 CONFIG_FILE = "config.yaml"
 
 
@@ -54,10 +54,10 @@ def resolve(path: str | Path) -> tuple[Path, Path]:
         if not files:
             state = path / "checkpoint" / "state.json"
             hint = " (training did not finish: resume it with anomaly-train --resume)" if state.exists() else ""
-            raise AnomalyError(f"-p {path}: no model file (*.keras, *.hdf5) in this directory{hint}")
+            raise AnomalyError(f"-p {path}: no model file (*.keras, *.hdf5, *.npz) in this directory{hint}")
         return path, files[-1]
     if path.suffix not in MODEL_SUFFIXES:
-        raise AnomalyError(f"-p {path}: expected a model file (.keras, .hdf5, .h5) or its directory")
+        raise AnomalyError(f"-p {path}: expected a model file (.keras, .hdf5, .h5, .npz) or its directory")
     if not (path.parent / CONFIG_FILE).exists():
         raise AnomalyError(f"-p {path}: no {CONFIG_FILE} beside the model file (not a model directory made by anomaly-train)")
     return path.parent, path

@@ -20,6 +20,16 @@ def threshold_grid(start: float, step: float, maximum: float) -> np.ndarray:
     return np.round(start + step * np.arange(n), 10)
 
 
+def quantile_grid(val_maps: np.ndarray, n: int = 400) -> np.ndarray:
+    """Thresholds for maps of any scale: quantiles 0.5 .. 1 of the validation pixels, then one above.
+
+    Used for detectors whose maps have no fixed range (z-scores, feature distances).
+    """
+    values = np.quantile(val_maps, np.linspace(0.5, 1.0, n))
+    top = float(val_maps.max())
+    return np.unique(np.append(values, top + max(abs(top), 1e-12) * 1e-6))
+
+
 def segment(maps: np.ndarray, threshold: float, min_area: int = 0) -> np.ndarray:
     """Predicted defect masks: pixels over `threshold` in regions of at least `min_area` pixels.
 

@@ -34,10 +34,10 @@ THRESHOLD_GRID = {
 _WIN, _SIGMA, _K1, _K2, _RANGE = 11, 1.5, 0.01, 0.03, 1.0
 
 
-def check_method(method: str, dtype: str) -> None:
+def check_method(method: str, dtype: str, methods: tuple[str, ...] = METHODS) -> None:
     """Raise a one-line error for an unknown residual-map method or dtype."""
-    if method not in METHODS:
-        raise AnomalyError(f"--method: unknown residual map '{method}': expected one of {', '.join(METHODS)}")
+    if method not in methods:
+        raise AnomalyError(f"--method: unknown map '{method}': expected one of {', '.join(methods)}")
     if dtype not in DTYPES:
         raise AnomalyError(f"--dtype: unknown dtype '{dtype}': expected one of {', '.join(DTYPES)}")
 

@@ -17,6 +17,7 @@ from anomaly.data.dataset import Dataset, find_dataset, validation_split
 from anomaly.data.io import read_images
 from anomaly.detectors.autoencoder import AutoencoderDetector, FitResult, set_seed
 from anomaly.training import load_checkpoint_state
+from anomaly.detectors import detector_class, is_autoencoder
 from anomaly.errors import AnomalyError
 
 N_INSPECT = 8
@@ -79,7 +80,7 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     set_seed(config.seed)
     train_s, val_s, train_x, val_x = load_split(dataset, config)
     if resume_dir is None:
-        model_dir = modeldir.new_model_dir(config.output_dir, dataset.name, config.architecture, config.loss)
+        model_dir = modeldir.new_model_dir(config.output_dir, dataset.name, config.architecture, config.variant)
         saved = config.to_dict()
         saved["data_dir"] = str(Path(config.data_dir).resolve())
         saved["split"] = {"train": [s.relpath for s in train_s], "validation": [s.relpath for s in val_s]}
@@ -92,6 +93,8 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
         print(f"{dataset.root}: {len(train_s)} training and {len(val_s)} validation images "
               f"-> {model_dir}")
 
+    if not is_autoencoder(config.architecture):
+        return _fit_baseline(config, model_dir, train_x)
     detector = AutoencoderDetector(config)
     result = detector.fit(train_x, val_x, model_dir / "checkpoint", resume=resume_dir is not None,
                           progress=progress)
@@ -116,6 +119,21 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     if config.inspect and not result.interrupted:
         inspect(detector, dataset, val_s, val_x, model_dir / "inspection")
     return TrainOutcome(model_dir, model_file, result)
+
+
+def _fit_baseline(config: TrainConfig, model_dir: Path, train_x: np.ndarray) -> TrainOutcome:
+    """Fit a detector without epochs (pixel-gaussian) and save it."""
+    import time
+
+    start = time.perf_counter()
+    detector = detector_class(config.architecture)(config.input_shape).fit(train_x)
+    model_file = model_dir / f"{config.architecture}{detector.file_suffix}"
+    tmp = model_dir / f".tmp-{model_file.name}"
+    detector.save(tmp)
+    tmp.replace(model_file)
+    fit = FitResult(history=[], best_epoch=0, lr_finder=None, lr=0.0, schedule=[], interrupted=False,
+                    seconds=time.perf_counter() - start)
+    return TrainOutcome(model_dir, model_file, fit)
 
 
 def inspect(detector: AutoencoderDetector, dataset: Dataset, val_s, val_x: np.ndarray, out: Path) -> None:

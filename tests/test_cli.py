@@ -161,3 +161,15 @@ def test_every_architecture_trains_finetunes_and_tests(architecture, demo_root, 
     if architecture == "skipCAE":
         assert len(list((model_file.parent / "inspection" / "val").glob("*_inspection.png"))) >= 1
         assert len(list((model_file.parent / "inspection" / "test").glob("*_inspection.png"))) >= 1
+
+
+def test_pixel_gaussian_baseline_runs_the_same_pipeline(demo_root, tmp_path, capsys):
+    assert train_cli.main(train_args(demo_root, tmp_path, "-a", "pixel-gaussian")) == 0
+    (model_file,) = tmp_path.rglob("pixel-gaussian.npz")
+    assert model_file.parent.parent.name == "none" and (model_file.parent / "config.yaml").exists()
+    assert finetune_cli.main(["-p", str(model_file), "-q"]) == 0
+    assert (model_file.parent / "finetune" / "zscore_float64" / "finetune.json").exists()
+    assert test_cli.main(["-p", str(model_file.parent), "--save", "-q"]) == 0
+    metrics = json.loads((model_file.parent / "test" / "zscore_float64" / "metrics.json").read_text())
+    assert metrics["method"] == "zscore" and 0.0 <= metrics["image_auroc"] <= 1.0
+    _expect_error(capsys, finetune_cli.main, ["-p", str(model_file), "-m", "ssim"], "--method", "zscore")

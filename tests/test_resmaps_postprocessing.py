@@ -335,3 +335,25 @@ def test_search_pair_on_uint8_maps(search_pair):
     assert best["balanced_accuracy"] == 1.0
     assert best["threshold"] == int(best["threshold"])
     assert largest_region_areas(val8, best["threshold"]).max() < best["min_area"]
+
+
+def test_pixel_gaussian_scores_deviation_from_the_training_mean():
+    from anomaly.detectors.pixel_gaussian import PixelGaussianDetector
+
+    rng = np.random.default_rng(0)
+    train = 0.5 + 0.05 * rng.standard_normal((50, 16, 16, 1)).astype(np.float32)
+    det = PixelGaussianDetector((16, 16, 1)).fit(train)
+    test = np.full((1, 16, 16, 1), 0.5, np.float32)
+    test[0, 4:6, 4:6] = 0.9
+    amap = det.anomaly_maps(test)[0]
+    assert amap[4:6, 4:6].min() > 5 and np.delete(amap.ravel(), [68, 69, 84, 85]).max() < 1
+    flat = PixelGaussianDetector((16, 16, 1), std_floor=0.01).fit(np.full((5, 16, 16, 1), 0.5, np.float32))
+    assert flat.anomaly_maps(test)[0].max() == pytest.approx(0.4 / 0.01)
+
+
+def test_quantile_grid_ends_above_every_validation_pixel():
+    from anomaly.postprocessing import quantile_grid
+
+    maps = np.random.default_rng(0).gamma(2.0, 3.0, (5, 16, 16))
+    grid = quantile_grid(maps)
+    assert np.all(np.diff(grid) > 0) and grid[-1] > maps.max() and grid[0] == pytest.approx(np.median(maps))

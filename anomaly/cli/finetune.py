@@ -11,7 +11,7 @@ from anomaly.cli.common import fmt, run
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
     p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
-    p.add_argument("-m", "--method", default="ssim", help="residual map: ssim (default) or l2")
+    p.add_argument("-m", "--method", help="map: ssim (default) or l2 for autoencoders; zscore for pixel-gaussian")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
     p.add_argument("--split", type=float, default=0.1, help="share of test images used (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")

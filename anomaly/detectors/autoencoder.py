@@ -68,6 +68,9 @@ class AutoencoderDetector(Detector):
         model: an already built or loaded Keras model; built from `config` when None.
     """
 
+    methods = ("ssim", "l2")
+    file_suffix = ".keras"
+
     def __init__(self, config: TrainConfig, model: keras.Model | None = None):
         self.config = config
         self.input_shape = config.input_shape
