@@ -29,6 +29,7 @@ from anomaly.postprocessing import largest_area_table, quantile_grid, threshold_
 from anomaly.resmaps import THRESHOLD_GRID, check_method
 
 MIN_AREAS = tuple(range(5, 1005, 5))
+MODES = ("semi", "normal-only")
 
 
 @dataclass
@@ -78,11 +79,7 @@ def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray
         (best row, candidate table); each row has min_area, threshold, tpr, tnr,
         balanced_accuracy and f1 on the finetune images.
     """
-    if (dtype, method) in THRESHOLD_GRID:
-        start, step = THRESHOLD_GRID[(dtype, method)]
-        grid = threshold_grid(start, step, float(val_maps.max()))
-    else:
-        grid = quantile_grid(val_maps)
+    grid = _grid_for(val_maps, method, dtype)
     largest_val = largest_area_table(val_maps, grid).max(axis=1)
     ft_areas = largest_area_table(ft_maps, grid)
     table = []
@@ -98,8 +95,46 @@ def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray
     return table[int(np.argmax(scores))], table
 
 
+def _grid_for(val_maps: np.ndarray, method: str, dtype: str) -> np.ndarray:
+    if (dtype, method) in THRESHOLD_GRID:
+        start, step = THRESHOLD_GRID[(dtype, method)]
+        return threshold_grid(start, step, float(val_maps.max()))
+    return quantile_grid(val_maps)
+
+
+def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: float = 0.05,
+                     min_areas=MIN_AREAS) -> tuple[dict, list[dict]]:
+    """Choose (min_area, threshold) from defect-free validation maps alone.
+
+    For every min_area, the threshold is the lowest one at which at most `target_fpr` of the
+    validation images hold a region of min_area pixels (a quantile, not the maximum, so one odd
+    validation image does not set it). Small areas need high thresholds and low thresholds need
+    large areas; the pair chosen is the knee of that curve: the point closest to (smallest
+    area, lowest threshold) after scaling both axes to [0, 1].
+
+    Returns:
+        (best row, candidate table); rows hold min_area, threshold and val_fpr.
+    """
+    grid = _grid_for(val_maps, method, dtype)
+    val_areas = largest_area_table(val_maps, grid)
+    table = []
+    for min_area in min_areas:
+        fpr = (val_areas >= min_area).mean(axis=1)
+        ok = np.flatnonzero(fpr <= target_fpr)
+        ti = int(ok[0]) if ok.size else len(grid) - 1
+        table.append({"min_area": int(min_area), "threshold": float(grid[ti]), "val_fpr": float(fpr[ti]),
+                      "tpr": None, "tnr": None, "balanced_accuracy": None, "f1": None})
+    areas = np.array([r["min_area"] for r in table], dtype=np.float64)
+    thresholds = np.array([r["threshold"] for r in table])
+    span_t = thresholds.max() - thresholds.min() or 1.0
+    dist = ((areas - areas.min()) / (areas.max() - areas.min() or 1.0)) ** 2 + \
+        ((thresholds - thresholds.min()) / span_t) ** 2
+    return table[int(np.argmin(dist))], table
+
+
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
-             seed: int | None = None, progress: bool = True) -> dict:
+             seed: int | None = None, progress: bool = True, mode: str = "semi",
+             target_fpr: float = 0.05) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
     Args:
@@ -110,31 +145,45 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         fraction: share of the test images used (and then excluded from testing).
         seed: seeds the finetune subset; the training seed when None.
         progress: print what it does.
+        mode: "semi" (labelled test subset picks the pair) or "normal-only" (validation images
+            alone; no test image is used, see `normal_only_pair`).
+        target_fpr: normal-only: the share of validation images allowed to be flagged.
 
     Returns:
         The content of finetune.json.
     """
+    if mode not in MODES:
+        raise AnomalyError(f"--mode: unknown mode '{mode}': expected one of {', '.join(MODES)}")
     if not 0 < fraction < 1:
         raise AnomalyError(f"--split: expected a fraction in (0, 1), got {fraction}")
+    if not 0 <= target_fpr < 1:
+        raise AnomalyError(f"--target-fpr: expected a fraction in [0, 1), got {target_fpr}")
     loaded = load_model(path)
     method = method or loaded.detector.methods[0]
     check_method(method, dtype, loaded.detector.methods)
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed
     val = loaded.samples(cfg.extra["split"]["validation"])
-    test = loaded.dataset.require_test()
-    subset = finetune_split(test, fraction, seed)
-    labels = np.array([s.label for s in subset])
-    if progress:
-        print(f"finetuning on {len(val)} validation images and {len(subset)} test images "
-              f"({int(labels.sum())} defective), maps {method}/{dtype}")
     _, val_maps = loaded.maps(val, method, dtype)
-    _, ft_maps = loaded.maps(subset, method, dtype)
-    best, table = search_pair(val_maps, ft_maps, labels, method, dtype)
-    result = {"method": method, "dtype": dtype, "mode": "semi", "min_area": best["min_area"],
+    if mode == "normal-only":
+        if progress:
+            print(f"finetuning on {len(val)} defect-free validation images only, maps {method}/{dtype}, "
+                  f"target false-positive rate {target_fpr:g}")
+        subset = []
+        best, table = normal_only_pair(val_maps, method, dtype, target_fpr)
+    else:
+        subset = finetune_split(loaded.dataset.require_test(), fraction, seed)
+        labels = np.array([s.label for s in subset])
+        if progress:
+            print(f"finetuning on {len(val)} validation images and {len(subset)} test images "
+                  f"({int(labels.sum())} defective), maps {method}/{dtype}")
+        _, ft_maps = loaded.maps(subset, method, dtype)
+        best, table = search_pair(val_maps, ft_maps, labels, method, dtype)
+    result = {"method": method, "dtype": dtype, "mode": mode, "min_area": best["min_area"],
               "threshold": best["threshold"], "score": best["balanced_accuracy"],
               "score_name": "balanced_accuracy", "tpr": best["tpr"], "tnr": best["tnr"],
-              "split": fraction, "seed": seed, "model_file": loaded.model_file.name,
+              "target_fpr": target_fpr if mode == "normal-only" else None,
+              "split": fraction if mode == "semi" else 0.0, "seed": seed, "model_file": loaded.model_file.name,
               "finetune_images": [s.relpath for s in subset],
               "validation_images": [s.relpath for s in val], "candidates": table}
     target = modeldir.finetune_dir(loaded.model_dir, method, dtype)

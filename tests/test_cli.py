@@ -173,3 +173,15 @@ def test_pixel_gaussian_baseline_runs_the_same_pipeline(demo_root, tmp_path, cap
     metrics = json.loads((model_file.parent / "test" / "zscore_float64" / "metrics.json").read_text())
     assert metrics["method"] == "zscore" and 0.0 <= metrics["image_auroc"] <= 1.0
     _expect_error(capsys, finetune_cli.main, ["-p", str(model_file), "-m", "ssim"], "--method", "zscore")
+
+
+def test_normal_only_finetune_uses_no_test_image(trained, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained, model_dir)
+    assert finetune_cli.main(["-p", str(model_dir), "--mode", "normal-only", "-m", "l2", "-q"]) == 0
+    result = json.loads((model_dir / "finetune" / "l2_float64" / "finetune.json").read_text())
+    assert result["mode"] == "normal-only" and result["finetune_images"] == []
+    assert result["target_fpr"] == 0.05
+    assert test_cli.main(["-p", str(model_dir), "-m", "l2", "-q"]) == 0
+    metrics = json.loads((model_dir / "test" / "l2_float64" / "metrics.json").read_text())
+    assert metrics["n_excluded_finetune"] == 0 and metrics["mode"] == "normal-only"

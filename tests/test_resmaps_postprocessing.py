@@ -357,3 +357,16 @@ def test_quantile_grid_ends_above_every_validation_pixel():
     maps = np.random.default_rng(0).gamma(2.0, 3.0, (5, 16, 16))
     grid = quantile_grid(maps)
     assert np.all(np.diff(grid) > 0) and grid[-1] > maps.max() and grid[0] == pytest.approx(np.median(maps))
+
+
+def test_normal_only_pair_ignores_one_odd_validation_image():
+    from anomaly.finetune import normal_only_pair
+
+    rng = np.random.default_rng(0)
+    val = 0.05 * rng.random((20, 32, 32))
+    val[7, 10:20, 10:20] = 0.9  # one odd defect-free image
+    best, table = normal_only_pair(val, "ssim", "float64", target_fpr=0.05, min_areas=(5, 50, 100))
+    assert all(row["val_fpr"] <= 0.05 for row in table)
+    assert best["threshold"] < 0.5  # the odd image (1 of 20) is allowed to be flagged
+    strict, _ = normal_only_pair(val, "ssim", "float64", target_fpr=0.0, min_areas=(5, 50))
+    assert strict["threshold"] >= 0.9  # with no false positive allowed, its 100-px region sets it

@@ -13,7 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
     p.add_argument("-m", "--method", help="map: ssim (default) or l2 for autoencoders; zscore for pixel-gaussian")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
-    p.add_argument("--split", type=float, default=0.1, help="share of test images used (default 0.1)")
+    p.add_argument("--mode", default="semi", help="semi (default: a labelled 10%% of the test images picks the "
+                   "pair) or normal-only (defect-free validation images only)")
+    p.add_argument("--target-fpr", type=float, default=0.05,
+                   help="normal-only: share of defect-free images allowed to be flagged (default 0.05)")
+    p.add_argument("--split", type=float, default=0.1, help="semi: share of test images used (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -23,9 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from anomaly.finetune import finetune
 
-    r = finetune(args.path, args.method, args.dtype, args.split, args.seed, progress=not args.quiet)
-    print(f"min_area {r['min_area']}, threshold {r['threshold']:g}: balanced accuracy {fmt(r['score'])} "
-          f"(TPR {fmt(r['tpr'])}, TNR {fmt(r['tnr'])}) on {len(r['finetune_images'])} finetune images")
+    r = finetune(args.path, args.method, args.dtype, args.split, args.seed, progress=not args.quiet,
+                 mode=args.mode, target_fpr=args.target_fpr)
+    if r["mode"] == "semi":
+        print(f"min_area {r['min_area']}, threshold {r['threshold']:g}: balanced accuracy {fmt(r['score'])} "
+              f"(TPR {fmt(r['tpr'])}, TNR {fmt(r['tnr'])}) on {len(r['finetune_images'])} finetune images")
+    else:
+        print(f"min_area {r['min_area']}, threshold {r['threshold']:g} from {len(r['validation_images'])} "
+              f"defect-free images (target false-positive rate {r['target_fpr']:g})")
     print(f"saved: {r['dir']}/finetune.json")
     return 0
 
