@@ -10,8 +10,9 @@ At 256x256 it has 712,197 parameters for grayscale (710,403 trainable and
 """
 
 import keras
-from keras import layers
-from keras import regularizers
+from keras import layers, regularizers
+
+from anomaly.models._shape import check_input_shape
 
 _L2 = 1e-6
 _NEGATIVE_SLOPE = 0.1
@@ -24,28 +25,7 @@ _DOWNSAMPLING = 2 ** len(_ENCODER_FILTERS)
 
 def _check_input_shape(input_shape, name):
     """Validates `input_shape`; returns the decoder's starting map shape."""
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"{name}: input_shape must be (height, width, channels), got {input_shape!r}"
-        )
-    height, width, channels = input_shape
-    if channels not in (1, 3):
-        raise ValueError(
-            f"{name}: input_shape must have 1 (grayscale) or 3 (RGB) channels, "
-            f"got {channels}"
-        )
-    if (
-        height is None
-        or width is None
-        or height <= 0
-        or width <= 0
-        or height % _DOWNSAMPLING
-        or width % _DOWNSAMPLING
-    ):
-        raise ValueError(
-            f"{name}: height and width must be positive multiples of "
-            f"{_DOWNSAMPLING}, got {height}x{width}"
-        )
+    height, width, _ = check_input_shape(input_shape, name, _DOWNSAMPLING)
     # The 64-d latent is reshaped to (height/64, width/64, depth) so that six
     # Up(2) blocks restore the input size; at 256x256 that is 4x4x4.
     seed_h, seed_w = height // _DOWNSAMPLING, width // _DOWNSAMPLING

@@ -12,8 +12,9 @@ non-trainable BatchNorm statistics) and 11,526,415 for RGB.
 """
 
 import keras
-from keras import layers
-from keras import regularizers
+from keras import layers, regularizers
+
+from anomaly.models._shape import check_input_shape
 
 _L2 = 1e-6
 _NEGATIVE_SLOPE = 0.1
@@ -21,31 +22,6 @@ _ENCODER_FILTERS = (32, 32, 64, 64, 128, 128)
 _DECODER_FILTERS = (128, 128, 64, 64, 32, 32)
 # Six 2x poolings / upsamplings.
 _DOWNSAMPLING = 2 ** len(_ENCODER_FILTERS)
-
-
-def _check_input_shape(input_shape, name):
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"{name}: input_shape must be (height, width, channels), got {input_shape!r}"
-        )
-    height, width, channels = input_shape
-    if channels not in (1, 3):
-        raise ValueError(
-            f"{name}: input_shape must have 1 (grayscale) or 3 (RGB) channels, "
-            f"got {channels}"
-        )
-    if (
-        height is None
-        or width is None
-        or height <= 0
-        or width <= 0
-        or height % _DOWNSAMPLING
-        or width % _DOWNSAMPLING
-    ):
-        raise ValueError(
-            f"{name}: height and width must be positive multiples of "
-            f"{_DOWNSAMPLING}, got {height}x{width}"
-        )
 
 
 def _conv_bn_lrelu(x, filters, kernel_size, name):
@@ -97,7 +73,7 @@ def inception_cae(input_shape=(256, 256, 1), name="inceptionCAE"):
         ValueError: If `input_shape` is not usable by this architecture.
     """
     input_shape = tuple(input_shape)
-    _check_input_shape(input_shape, name)
+    check_input_shape(input_shape, name, _DOWNSAMPLING)
     channels = input_shape[-1]
 
     inputs = keras.Input(shape=input_shape, name="input")

@@ -12,35 +12,11 @@ trainable.
 import keras
 from keras import layers
 
+from anomaly.models._shape import check_input_shape
 from anomaly.models.layers import UpsampleConv2D
 
 # Total downsampling factor between the input and the latent map.
 _DOWNSAMPLING = 32
-
-
-def _check_input_shape(input_shape, name):
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"{name}: input_shape must be (height, width, channels), got {input_shape!r}"
-        )
-    height, width, channels = input_shape
-    if channels not in (1, 3):
-        raise ValueError(
-            f"{name}: input_shape must have 1 (grayscale) or 3 (RGB) channels, "
-            f"got {channels}"
-        )
-    if (
-        height is None
-        or width is None
-        or height <= 0
-        or width <= 0
-        or height % _DOWNSAMPLING
-        or width % _DOWNSAMPLING
-    ):
-        raise ValueError(
-            f"{name}: height and width must be positive multiples of "
-            f"{_DOWNSAMPLING}, got {height}x{width}"
-        )
 
 
 def _conv(x, filters, kernel_size, strides, name, activation="relu", dtype=None):
@@ -90,7 +66,7 @@ def mvtec_cae(input_shape=(256, 256, 1), name="mvtecCAE"):
         ValueError: If `input_shape` is not usable by this architecture.
     """
     input_shape = tuple(input_shape)
-    _check_input_shape(input_shape, name)
+    check_input_shape(input_shape, name, _DOWNSAMPLING)
     channels = input_shape[-1]
 
     inputs = keras.Input(shape=input_shape, name="input")

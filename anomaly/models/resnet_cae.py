@@ -22,8 +22,9 @@ non-trainable BatchNorm statistics) and 15,026,627 for RGB.
 """
 
 import keras
-from keras import layers
-from keras import regularizers
+from keras import layers, regularizers
+
+from anomaly.models._shape import check_input_shape
 
 _L2 = 1e-4
 _STAGE_FILTERS = (64, 128, 256, 512)
@@ -31,31 +32,6 @@ _BLOCKS_PER_STAGE = 2
 _DECODER_FILTERS = (512, 256, 128, 64)
 # Stem (conv stride 2 + max-pool stride 2) and three strided stages.
 _DOWNSAMPLING = 32
-
-
-def _check_input_shape(input_shape, name):
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"{name}: input_shape must be (height, width, channels), got {input_shape!r}"
-        )
-    height, width, channels = input_shape
-    if channels not in (1, 3):
-        raise ValueError(
-            f"{name}: input_shape must have 1 (grayscale) or 3 (RGB) channels, "
-            f"got {channels}"
-        )
-    if (
-        height is None
-        or width is None
-        or height <= 0
-        or width <= 0
-        or height % _DOWNSAMPLING
-        or width % _DOWNSAMPLING
-    ):
-        raise ValueError(
-            f"{name}: height and width must be positive multiples of "
-            f"{_DOWNSAMPLING}, got {height}x{width}"
-        )
 
 
 def _encoder_conv(x, filters, kernel_size, strides, name, padding="same"):
@@ -167,7 +143,7 @@ def resnet_cae(input_shape=(256, 256, 1), name="resnetCAE"):
         ValueError: If `input_shape` is not usable by this architecture.
     """
     input_shape = tuple(input_shape)
-    _check_input_shape(input_shape, name)
+    check_input_shape(input_shape, name, _DOWNSAMPLING)
     channels = input_shape[-1]
 
     inputs = keras.Input(shape=input_shape, name="input")

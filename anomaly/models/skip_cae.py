@@ -17,6 +17,8 @@ import math
 import keras
 from keras import layers
 
+from anomaly.models._shape import check_input_shape
+
 _NEGATIVE_SLOPE = 0.3
 _ENCODER_FILTERS = (32, 32, 64, 64, 128, 128, 256, 256)
 _LATENT_DIM = 64
@@ -48,16 +50,7 @@ def _side_sizes(side):
 
 def _check_input_shape(input_shape, name):
     """Validates `input_shape`; returns the per-level (height, width) sizes."""
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"{name}: input_shape must be (height, width, channels), got {input_shape!r}"
-        )
-    height, width, channels = input_shape
-    if channels not in (1, 3):
-        raise ValueError(
-            f"{name}: input_shape must have 1 (grayscale) or 3 (RGB) channels, "
-            f"got {channels}"
-        )
+    height, width, _ = check_input_shape(input_shape, name)
     for side in (height, width):
         # The decoder undoes each encoder stride exactly, so every halving
         # must be exact (or a 1-pixel side staying 1): each side must be a
