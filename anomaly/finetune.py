@@ -25,7 +25,7 @@ from anomaly.detectors import load_detector
 from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 from anomaly.metrics import classification_metrics
-from anomaly.postprocessing import largest_area_table, quantile_grid, threshold_grid
+from anomaly.postprocessing import largest_area_table, quantile_grid, smooth_maps, threshold_grid
 from anomaly.resmaps import THRESHOLD_GRID, check_method
 
 MIN_AREAS = tuple(range(5, 1005, 5))
@@ -49,10 +49,11 @@ class LoadedModel:
             raise AnomalyError(f"{self.dataset.root / missing[0]}: image listed in the model directory is missing")
         return [by_path[p] for p in relpaths]
 
-    def maps(self, samples: list[Sample], method: str, dtype: str, **kwargs):
+    def maps(self, samples: list[Sample], method: str, dtype: str, smooth: float = 0.0):
+        """(images, maps) of samples; maps Gaussian-smoothed with sigma `smooth` when > 0."""
         size = (self.config.input_size,) * 2
         images = read_images([s.path for s in samples], self.config.color_mode, size)
-        return images, self.detector.anomaly_maps(images, method, dtype, **kwargs)
+        return images, smooth_maps(self.detector.anomaly_maps(images, method, dtype), smooth)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -134,7 +135,7 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
              seed: int | None = None, progress: bool = True, mode: str = "semi",
-             target_fpr: float = 0.05) -> dict:
+             target_fpr: float = 0.05, smooth: float = 0.0, score_sigma: float = 4.0) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
     Args:
@@ -148,6 +149,10 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         mode: "semi" (labelled test subset picks the pair) or "normal-only" (validation images
             alone; no test image is used, see `normal_only_pair`).
         target_fpr: normal-only: the share of validation images allowed to be flagged.
+        smooth: Gaussian sigma (pixels) applied to every map before thresholding; test uses
+            the same.
+        score_sigma: the test's continuous image score is the maximum of each map after a
+            Gaussian of this sigma (recorded here, used by test).
 
     Returns:
         The content of finetune.json.
@@ -164,7 +169,9 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed
     val = loaded.samples(cfg.extra["split"]["validation"])
-    _, val_maps = loaded.maps(val, method, dtype)
+    if smooth < 0:
+        raise AnomalyError(f"--smooth: expected a sigma >= 0, got {smooth}")
+    _, val_maps = loaded.maps(val, method, dtype, smooth)
     if mode == "normal-only":
         if progress:
             print(f"finetuning on {len(val)} defect-free validation images only, maps {method}/{dtype}, "
@@ -177,9 +184,9 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         if progress:
             print(f"finetuning on {len(val)} validation images and {len(subset)} test images "
                   f"({int(labels.sum())} defective), maps {method}/{dtype}")
-        _, ft_maps = loaded.maps(subset, method, dtype)
+        _, ft_maps = loaded.maps(subset, method, dtype, smooth)
         best, table = search_pair(val_maps, ft_maps, labels, method, dtype)
-    result = {"method": method, "dtype": dtype, "mode": mode, "min_area": best["min_area"],
+    result = {"method": method, "dtype": dtype, "mode": mode, "smooth": smooth, "score_sigma": score_sigma, "min_area": best["min_area"],
               "threshold": best["threshold"], "score": best["balanced_accuracy"],
               "score_name": "balanced_accuracy", "tpr": best["tpr"], "tnr": best["tnr"],
               "target_fpr": target_fpr if mode == "normal-only" else None,

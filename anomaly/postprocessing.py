@@ -84,6 +84,13 @@ def classify(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     return out
 
 
+def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-smooth each (H, W) map of a stack; sigma 0 returns the maps unchanged."""
+    if sigma <= 0:
+        return maps
+    return ndimage.gaussian_filter(maps.astype(np.float32), sigma=(0, sigma, sigma), mode="nearest")
+
+
 def image_scores(maps: np.ndarray, sigma: float = 4.0) -> np.ndarray:
     """Continuous image scores: the maximum of each map after Gaussian smoothing.
 
@@ -96,6 +103,5 @@ def image_scores(maps: np.ndarray, sigma: float = 4.0) -> np.ndarray:
     Returns:
         float64 (N,).
     """
-    if sigma > 0:
-        maps = ndimage.gaussian_filter(maps.astype(np.float32), sigma=(0, sigma, sigma), mode="nearest")
+    maps = smooth_maps(maps, sigma)
     return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)

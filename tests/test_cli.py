@@ -185,3 +185,16 @@ def test_normal_only_finetune_uses_no_test_image(trained, tmp_path):
     assert test_cli.main(["-p", str(model_dir), "-m", "l2", "-q"]) == 0
     metrics = json.loads((model_dir / "test" / "l2_float64" / "metrics.json").read_text())
     assert metrics["n_excluded_finetune"] == 0 and metrics["mode"] == "normal-only"
+
+
+def test_smoothing_and_score_sigma_are_recorded_and_used(trained, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained, model_dir)
+    assert finetune_cli.main(["-p", str(model_dir), "--smooth", "2", "--score-sigma", "0", "-q"]) == 0
+    assert test_cli.main(["-p", str(model_dir), "--save", "-q"]) == 0
+    out = model_dir / "test" / "ssim_float64"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["smooth"] == 2.0 and metrics["score_sigma"] == 0.0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    for r in rows[:3]:  # with score sigma 0 the score is the maximum of the saved (smoothed) map
+        assert float(r["score"]) == pytest.approx(float(np.load(out / "maps" / f"{r['image']}.npy").max()), rel=1e-5)
