@@ -1,0 +1,50 @@
+"""anomaly-benchmark: train, finetune and test a grid of detectors x losses x seeds on dataset categories."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anomaly.cli.common import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anomaly-benchmark", description=__doc__)
+    p.add_argument("-d", "--data", nargs="+", required=True, metavar="PATH",
+                   help="dataset roots or category folders (categories are found up to 2 levels deep)")
+    p.add_argument("-a", "--architectures", nargs="+", default=["mvtecCAE", "pixel-gaussian"], metavar="NAME",
+                   help="detectors (default: mvtecCAE pixel-gaussian)")
+    p.add_argument("-l", "--losses", nargs="+", default=["ssim"], metavar="LOSS",
+                   help="losses of the autoencoders: ssim (default), mssim, l2 (pixel-gaussian has none)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="training seeds (default 0)")
+    p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from the configuration)")
+    p.add_argument("--input-size", type=int, help="image size (default from the configuration)")
+    p.add_argument("--mode", default="semi", help="finetune mode: semi (default) or normal-only")
+    p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
+    p.add_argument("-o", "--output-dir", help="benchmark folder (default benchmarks/<YYYY-MM-DD>); "
+                   "re-running into the same folder skips the runs already done")
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per run, only the final table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from anomaly.benchmark import default_output_dir, format_table, run_benchmark
+
+    output_dir = args.output_dir or default_output_dir()
+    command = " ".join(["anomaly-benchmark", *(sys.argv[1:] if argv is None else argv)])
+    rows = run_benchmark(args.data, detectors=args.architectures, losses=args.losses, seeds=args.seeds,
+                         output_dir=output_dir, epochs=args.epochs, input_size=args.input_size,
+                         lr=args.lr, mode=args.mode, progress=not args.quiet, command=command)
+    print(format_table(rows))
+    print(f"saved: {output_dir}/results.csv, results.md, machine.json, plots/")
+    failed = sum(r.get("status") != "ok" for r in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} runs failed (errors in results.md, logs in {output_dir}/logs); "
+              "re-run the same command to retry them")
+    # Exit 1 when a run failed, so scripts notice; the other runs' results are saved all the same.
+    return 1 if failed else 0
+
+
+def entry() -> None:
+    sys.exit(run(main))
