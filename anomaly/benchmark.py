@@ -26,10 +26,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from anomaly import modeldir
 from anomaly.errors import AnomalyError
@@ -178,9 +178,12 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
         The runs.
 
     Raises:
-        AnomalyError: an unknown name, a folder without categories, or two categories with
+        AnomalyError: an unknown name, a folder without categories, a category that cannot
+            be tested (no test images, a mask without its image, ...), or two categories with
             the same dataset/category name (their rows and plots would collide).
     """
+    from anomaly.data.dataset import find_dataset
+
     detectors, losses, seeds = _unique(detectors), _unique(losses), _unique(seeds)
     if not detectors or not losses or not seeds or not data:
         raise AnomalyError("-d, -a, -l and --seeds each need at least one value")
@@ -191,6 +194,9 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
             categories.setdefault(category.resolve(), None)
     seen: dict[tuple[str, str], Path] = {}
     for category in categories:
+        # Indexing a folder takes milliseconds; finding a missing test/ or a mask without its
+        # image here saves training a model that could never be tested.
+        find_dataset(category).require_test()
         name = (category.parent.name or "data", category.name)
         if name in seen:
             raise AnomalyError(f"{category}: same dataset/category name '{'/'.join(name)}' as {seen[name]} "
@@ -372,12 +378,14 @@ def results_markdown(rows: Iterable[dict], machine: dict | None = None) -> str:
     lines = ["# Benchmark results", ""]
     if machine:
         gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
-        lines += [f"{machine.get('date', '')}: {machine.get('cpu')}, {machine.get('cores')} cores, "
-                  f"{machine.get('memory_gib')} GiB, {gpus}; TensorFlow {machine.get('tensorflow')}, "
-                  f"Python {machine.get('python')}", "", f"    {machine.get('command', '')}", ""]
-    lines += ["Test metrics exclude the images used for finetuning. fit s: wall time of fitting; "
+        facts = (f"{machine.get('date', '')}: {machine.get('cpu')}, {machine.get('cores')} cores, "
+                 f"{machine.get('memory_gib')} GiB, {gpus}; TensorFlow {machine.get('tensorflow')}, "
+                 f"Python {machine.get('python')}")
+        lines += [facts, "", f"    {machine.get('command', '')}", ""]
+    legend = ("Test metrics exclude the images used for finetuning. fit s: wall time of fitting; "
               "test img/s: test images per second end to end; peak MB: the run's peak resident memory. "
-              "Model directories (`model_dir` in results.csv) are relative to this folder.", ""]
+              "Model directories (`model_dir` in results.csv) are relative to this folder.")
+    lines += [legend, ""]
     aligns = ["---" if dec is None else "---:" for _, _, dec in _TABLE]
     lines.append("| " + " | ".join(h for h, _, _ in _TABLE) + " |")
     lines.append("| " + " | ".join(aligns) + " |")
@@ -414,10 +422,9 @@ def _start_worker(args: dict, log_path: Path) -> int:
     # The worker imports this same copy of the package even when it is not installed.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # so `tail -f` on the log shows training as it happens
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, "-m", "anomaly.benchmark_worker", json.dumps(args)],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+                              check=False, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     return proc.returncode
 
 
@@ -433,7 +440,8 @@ def _execute(run: Run, settings: dict, output_dir: Path) -> dict:
     """Run one cell through the worker and return its result (status ok or error)."""
     result_file = output_dir / "logs" / f".{run.name}.result.json"
     log_path = output_dir / "logs" / f"{run.name}.log"
-    result_file.unlink(missing_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    result_file.unlink(missing_ok=True)  # a stale result must not pass for this attempt's
     args = {"data_dir": str(run.data_dir), "detector": run.detector, "variant": run.variant,
             "seed": run.seed, "overrides": settings["overrides"], "mode": settings["mode"],
             "models_dir": str((output_dir / "models").resolve()),
@@ -529,7 +537,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
     machine = _write_machine(output_dir, command, progress)
 
     def save() -> None:
-        modeldir.write_text(csv_path, results_csv(rows.values()))
+        modeldir.write_text(csv_path, results_csv(sorted(rows.values(), key=_sort_key)))
         modeldir.write_text(md_path, results_markdown(rows.values(), machine))
 
     done = []

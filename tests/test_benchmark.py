@@ -1,0 +1,137 @@
+"""anomaly-benchmark: a small grid end to end, resuming, failed runs, categories and bad names."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from anomaly import benchmark
+from anomaly.cli import benchmark as benchmark_cli
+from anomaly.cli.common import run
+from anomaly.errors import AnomalyError
+
+LEADING = ["dataset", "category", "detector", "variant", "seed", "image_auroc", "pixel_auroc", "aupro_0.3",
+           "balanced_accuracy", "f1", "fit_seconds", "test_images_per_second", "peak_memory_mb", "model_dir"]
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    """Flags for a fast grid on the 64 px demo data."""
+    return ["-d", str(data), "--input-size", "64", "-e", "1", "--lr", "1e-3", "-o", str(out), *extra]
+
+
+def _rows(out: Path) -> list[dict]:
+    with (out / "results.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def grid(demo_root, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A grid of two real runs (mvtecCAE ssim, pixel-gaussian), each in its worker process."""
+    out = tmp_path_factory.mktemp("bench") / "out"
+    argv = _args(demo_root, out, "-a", "mvtecCAE", "pixel-gaussian", "-l", "ssim", "--seeds", "0")
+    assert run(benchmark_cli.main, argv) == 0
+    return out, argv
+
+
+def test_grid_writes_results_machine_and_plots(grid, demo_root):
+    out, _ = grid
+    with (out / "results.csv").open(newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:len(LEADING)] == LEADING
+    rows = _rows(out)
+    assert [(r["detector"], r["variant"]) for r in rows] == [("mvtecCAE", "ssim"), ("pixel-gaussian", "none")]
+    for r in rows:
+        assert r["status"] == "ok", r["error"]
+        assert (r["dataset"], r["category"], r["seed"]) == (demo_root.parent.name, demo_root.name, "0")
+        for key in ("image_auroc", "pixel_auroc", "aupro_0.3"):
+            assert 0.0 <= float(r[key]) <= 1.0, key
+        assert float(r["peak_memory_mb"]) > 0 and float(r["test_images_per_second"]) > 0
+        assert (out / r["model_dir"] / "test").is_dir()  # relative to the output folder
+        plots = out / "plots" / f"{r['dataset']}_{r['category']}_{r['detector']}_{r['variant']}_s0"
+        for name in ("roc.png", "pro.png", "hist.png", "examples.png"):
+            assert (plots / name).stat().st_size > 0, plots / name
+    assert rows[0]["method"] == "ssim" and rows[1]["method"] == "zscore"
+    md = (out / "results.md").read_text()
+    assert "| mvtecCAE | ssim | 0 |" in md and "| pixel-gaussian | none | 0 |" in md
+    machine = json.loads((out / "machine.json").read_text())
+    for key in ("cpu", "cores", "memory_gib", "tensorflow", "gpus", "python", "command", "date"):
+        assert key in machine, key
+    assert machine["command"].startswith("anomaly-benchmark -d ")
+
+
+def test_rerun_skips_runs_done(grid, monkeypatch, capsys):
+    out, argv = grid
+    before = _rows(out)
+
+    def no_worker(args, log_path):
+        raise AssertionError(f"a worker was started for {args['detector']}")
+
+    monkeypatch.setattr(benchmark, "_start_worker", no_worker)
+    start = time.perf_counter()
+    assert run(benchmark_cli.main, argv) == 0
+    assert time.perf_counter() - start < 60
+    assert capsys.readouterr().out.count("skipped") == 2
+    assert _rows(out) == before
+
+
+def test_failed_run_is_recorded_and_retried(demo_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    started = []
+
+    def fake_worker(args, log_path):
+        started.append(args["detector"])
+        if args["detector"] == "mvtecCAE":
+            log_path.write_text("Traceback ...\nRuntimeError: out of memory\n")
+            return 1  # a crash: no result file
+        Path(args["result_file"]).write_text(json.dumps(
+            {"status": "ok", "error": "", "model_dir": str(out / "models" / "m"), "method": "zscore",
+             "image_auroc": 0.5, "pixel_auroc": 0.5, "aupro_0.3": 0.25, "balanced_accuracy": 0.5, "f1": 0.0,
+             "fit_seconds": 0.1, "test_images_per_second": 10.0, "peak_memory_mb": 100.0}))
+        return 0
+
+    monkeypatch.setattr(benchmark, "_start_worker", fake_worker)
+    monkeypatch.setattr(benchmark, "machine_facts", lambda: {"cpu": "test", "cores": 1, "gpus": []})
+    assert run(benchmark_cli.main, _args(demo_root, out)) == 1
+    rows = {r["detector"]: r for r in _rows(out)}
+    assert rows["mvtecCAE"]["status"] == "error"
+    assert "code 1" in rows["mvtecCAE"]["error"] and "out of memory" in rows["mvtecCAE"]["error"]
+    assert rows["pixel-gaussian"]["status"] == "ok" and rows["pixel-gaussian"]["model_dir"] == "models/m"
+    assert "## Errors" in (out / "results.md").read_text()
+    started.clear()
+    run(benchmark_cli.main, _args(demo_root, out))
+    assert started == ["mvtecCAE"]  # the ok run is kept, the failed one is tried again
+
+
+def test_find_categories(tmp_path, demo_root):
+    assert benchmark.find_categories(demo_root) == [demo_root]
+    root = tmp_path / "root"
+    for category in ("mvtec_ad/zipper", "mvtec_ad/bottle", "single", "a/b/too_deep", ".hidden/x"):
+        (root / category / "train" / "good").mkdir(parents=True)
+    (root / "other" / "test").mkdir(parents=True)
+    assert benchmark.find_categories(root) == [root / "mvtec_ad" / "bottle", root / "mvtec_ad" / "zipper",
+                                               root / "single"]
+    with pytest.raises(AnomalyError, match="no dataset category"):
+        benchmark.find_categories(root / "other")
+    with pytest.raises(AnomalyError, match="does not exist"):
+        benchmark.find_categories(root / "missing")
+
+
+def test_grid_has_one_variant_for_pixel_gaussian(demo_root):
+    runs = benchmark.plan_grid([demo_root], ["mvtecCAE", "pixel-gaussian"], ["ssim", "l2"], [0, 1])
+    assert [(r.detector, r.variant, r.seed) for r in runs] == [
+        ("mvtecCAE", "ssim", 0), ("mvtecCAE", "ssim", 1), ("mvtecCAE", "l2", 0), ("mvtecCAE", "l2", 1),
+        ("pixel-gaussian", "none", 0), ("pixel-gaussian", "none", 1)]
+
+
+@pytest.mark.parametrize("flag, value, needle", [("-a", "fooCAE", "--architectures"), ("-l", "huber", "--losses"),
+                                                 ("--mode", "supervised", "--mode")])
+def test_unknown_names_exit_2_before_anything_is_written(flag, value, needle, demo_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(benchmark_cli.main, _args(demo_root, out, flag, value)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err and value in err, err
+    assert not out.exists()
