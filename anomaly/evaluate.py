@@ -15,7 +15,7 @@ from anomaly.data.io import read_images, read_mask
 from anomaly.errors import AnomalyError
 from anomaly.finetune import LoadedModel, load_model
 from anomaly.metrics import aupro, classification_metrics, image_auroc, pixel_auroc
-from anomaly.postprocessing import classify, image_scores, segment, smooth_maps
+from anomaly.postprocessing import classify, image_scores, largest_region_areas, segment, smooth_maps
 
 PREDICTION_FIELDS = ("image", "label", "defect_type", "score", "predicted", "used_for_finetune")
 
@@ -64,11 +64,15 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
     predicted = classify(maps, threshold, min_area)
     seconds = time.perf_counter() - start
 
-    scores = image_scores(maps, params.get("score_sigma", 4.0))
+    if params.get("image_score", "max") == "area":
+        scores = largest_region_areas(maps, threshold).astype(np.float64)
+    else:
+        scores = image_scores(maps, params.get("score_sigma", 4.0))
     labels = np.array([s.label for s in test])
     keep = np.array([s.relpath not in used for s in test])
     metrics: dict = {"method": method, "dtype": dtype, "mode": params.get("mode", "semi"),
                      "smooth": params.get("smooth", 0.0), "score_sigma": params.get("score_sigma", 4.0),
+                     "image_score": params.get("image_score", "max"),
                      "min_area": min_area, "threshold": threshold,
                      "n_images": int(keep.sum()), "n_excluded_finetune": int((~keep).sum()),
                      "n_good": int((labels[keep] == 0).sum()), "n_defective": int((labels[keep] == 1).sum()),

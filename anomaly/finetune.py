@@ -30,6 +30,7 @@ from anomaly.resmaps import THRESHOLD_GRID, check_method
 
 MIN_AREAS = tuple(range(5, 1005, 5))
 MODES = ("semi", "normal-only")
+SCORES = ("max", "area")
 
 
 @dataclass
@@ -135,7 +136,8 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
              seed: int | None = None, progress: bool = True, mode: str = "semi",
-             target_fpr: float = 0.05, smooth: float = 0.0, score_sigma: float = 4.0) -> dict:
+             target_fpr: float = 0.05, smooth: float = 0.0, score_sigma: float = 4.0,
+             score: str = "max") -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
     Args:
@@ -153,6 +155,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
             the same.
         score_sigma: the test's continuous image score is the maximum of each map after a
             Gaussian of this sigma (recorded here, used by test).
+        score: "max" (the smoothed maximum above) or "area" (pixels in the largest region over
+            the chosen threshold).
 
     Returns:
         The content of finetune.json.
@@ -169,6 +173,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed
     val = loaded.samples(cfg.extra["split"]["validation"])
+    if score not in SCORES:
+        raise AnomalyError(f"--score: unknown image score '{score}': expected one of {', '.join(SCORES)}")
     if smooth < 0:
         raise AnomalyError(f"--smooth: expected a sigma >= 0, got {smooth}")
     _, val_maps = loaded.maps(val, method, dtype, smooth)
@@ -186,7 +192,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
                   f"({int(labels.sum())} defective), maps {method}/{dtype}")
         _, ft_maps = loaded.maps(subset, method, dtype, smooth)
         best, table = search_pair(val_maps, ft_maps, labels, method, dtype)
-    result = {"method": method, "dtype": dtype, "mode": mode, "smooth": smooth, "score_sigma": score_sigma, "min_area": best["min_area"],
+    result = {"method": method, "dtype": dtype, "mode": mode, "smooth": smooth, "score_sigma": score_sigma,
+              "image_score": score, "min_area": best["min_area"],
               "threshold": best["threshold"], "score": best["balanced_accuracy"],
               "score_name": "balanced_accuracy", "tpr": best["tpr"], "tnr": best["tnr"],
               "target_fpr": target_fpr if mode == "normal-only" else None,

@@ -198,3 +198,10 @@ def test_smoothing_and_score_sigma_are_recorded_and_used(trained, tmp_path):
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     for r in rows[:3]:  # with score sigma 0 the score is the maximum of the saved (smoothed) map
         assert float(r["score"]) == pytest.approx(float(np.load(out / "maps" / f"{r['image']}.npy").max()), rel=1e-5)
+    assert finetune_cli.main(["-p", str(model_dir), "--score", "area", "-q"]) == 0
+    assert test_cli.main(["-p", str(model_dir), "-q"]) == 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["image_score"] == "area"
+    for r in rows:  # an image is predicted defective exactly when its largest region reaches min_area
+        assert (float(r["score"]) >= metrics["min_area"]) == (r["predicted"] == "1")
