@@ -15,7 +15,7 @@ from anomaly.data.io import read_images, read_mask
 from anomaly.errors import AnomalyError
 from anomaly.finetune import LoadedModel, load_model
 from anomaly.metrics import aupro, classification_metrics, image_auroc, pixel_auroc
-from anomaly.postprocessing import classify, image_scores, largest_region_areas, segment, smooth_maps
+from anomaly.postprocessing import MapStats, classify, image_scores, largest_region_areas, segment, smooth_maps
 
 PREDICTION_FIELDS = ("image", "label", "defect_type", "score", "predicted", "used_for_finetune")
 
@@ -61,6 +61,8 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
     else:
         maps, recons = loaded.detector.anomaly_maps(images, method, dtype, batch_size=batch_size), None
     maps = smooth_maps(maps, params.get("smooth", 0.0))
+    if params.get("normalize"):
+        maps = MapStats.load(modeldir.finetune_dir(loaded.model_dir, method, dtype) / "map_stats.npz").apply(maps)
     predicted = classify(maps, threshold, min_area)
     seconds = time.perf_counter() - start
 
@@ -72,7 +74,7 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
     keep = np.array([s.relpath not in used for s in test])
     metrics: dict = {"method": method, "dtype": dtype, "mode": params.get("mode", "semi"),
                      "smooth": params.get("smooth", 0.0), "score_sigma": params.get("score_sigma", 4.0),
-                     "image_score": params.get("image_score", "max"),
+                     "image_score": params.get("image_score", "max"), "normalize": params.get("normalize", False),
                      "min_area": min_area, "threshold": threshold,
                      "n_images": int(keep.sum()), "n_excluded_finetune": int((~keep).sum()),
                      "n_good": int((labels[keep] == 0).sum()), "n_defective": int((labels[keep] == 1).sum()),

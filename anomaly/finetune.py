@@ -25,7 +25,7 @@ from anomaly.detectors import load_detector
 from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 from anomaly.metrics import classification_metrics
-from anomaly.postprocessing import largest_area_table, quantile_grid, smooth_maps, threshold_grid
+from anomaly.postprocessing import MapStats, largest_area_table, quantile_grid, smooth_maps, threshold_grid
 from anomaly.resmaps import THRESHOLD_GRID, check_method
 
 MIN_AREAS = tuple(range(5, 1005, 5))
@@ -67,7 +67,7 @@ def load_model(path: str | Path) -> LoadedModel:
 
 
 def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray, method: str,
-                dtype: str, min_areas=MIN_AREAS) -> tuple[dict, list[dict]]:
+                dtype: str, min_areas=MIN_AREAS, normalized: bool = False) -> tuple[dict, list[dict]]:
     """The (min_area, threshold) search.
 
     Args:
@@ -75,13 +75,14 @@ def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray
         ft_maps: (Nf, H, W) maps of the labelled finetune images.
         ft_labels: (Nf,) 0 good / 1 defective.
         method, dtype: select the threshold grid's start and step.
+        normalized: the maps are z-scores (`MapStats`): thresholds from their quantiles.
         min_areas: the candidate minimum region areas.
 
     Returns:
         (best row, candidate table); each row has min_area, threshold, tpr, tnr,
         balanced_accuracy and f1 on the finetune images.
     """
-    grid = _grid_for(val_maps, method, dtype)
+    grid = _grid_for(val_maps, method, dtype, normalized)
     largest_val = largest_area_table(val_maps, grid).max(axis=1)
     ft_areas = largest_area_table(ft_maps, grid)
     table = []
@@ -97,15 +98,15 @@ def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray
     return table[int(np.argmax(scores))], table
 
 
-def _grid_for(val_maps: np.ndarray, method: str, dtype: str) -> np.ndarray:
-    if (dtype, method) in THRESHOLD_GRID:
+def _grid_for(val_maps: np.ndarray, method: str, dtype: str, normalized: bool = False) -> np.ndarray:
+    if (dtype, method) in THRESHOLD_GRID and not normalized:
         start, step = THRESHOLD_GRID[(dtype, method)]
         return threshold_grid(start, step, float(val_maps.max()))
     return quantile_grid(val_maps)
 
 
 def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: float = 0.05,
-                     min_areas=MIN_AREAS) -> tuple[dict, list[dict]]:
+                     min_areas=MIN_AREAS, normalized: bool = False) -> tuple[dict, list[dict]]:
     """Choose (min_area, threshold) from defect-free validation maps alone.
 
     For every min_area, the threshold is the lowest one at which at most `target_fpr` of the
@@ -117,7 +118,7 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
     Returns:
         (best row, candidate table); rows hold min_area, threshold and val_fpr.
     """
-    grid = _grid_for(val_maps, method, dtype)
+    grid = _grid_for(val_maps, method, dtype, normalized)
     val_areas = largest_area_table(val_maps, grid)
     table = []
     for min_area in min_areas:
@@ -137,7 +138,7 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
              seed: int | None = None, progress: bool = True, mode: str = "semi",
              target_fpr: float = 0.05, smooth: float = 0.0, score_sigma: float = 4.0,
-             score: str = "max") -> dict:
+             score: str = "max", normalize: bool = False) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
     Args:
@@ -157,6 +158,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
             Gaussian of this sigma (recorded here, used by test).
         score: "max" (the smoothed maximum above) or "area" (pixels in the largest region over
             the chosen threshold).
+        normalize: turn maps into per-pixel z-scores against the maps of the training images
+            (`MapStats`, saved as map_stats.npz beside finetune.json and used by test).
 
     Returns:
         The content of finetune.json.
@@ -178,12 +181,17 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     if smooth < 0:
         raise AnomalyError(f"--smooth: expected a sigma >= 0, got {smooth}")
     _, val_maps = loaded.maps(val, method, dtype, smooth)
+    stats = None
+    if normalize:
+        _, train_maps = loaded.maps(loaded.samples(cfg.extra["split"]["train"]), method, dtype, smooth)
+        stats = MapStats.fit(train_maps)
+        val_maps = stats.apply(val_maps)
     if mode == "normal-only":
         if progress:
             print(f"finetuning on {len(val)} defect-free validation images only, maps {method}/{dtype}, "
                   f"target false-positive rate {target_fpr:g}")
         subset = []
-        best, table = normal_only_pair(val_maps, method, dtype, target_fpr)
+        best, table = normal_only_pair(val_maps, method, dtype, target_fpr, normalized=normalize)
     else:
         subset = finetune_split(loaded.dataset.require_test(), fraction, seed)
         labels = np.array([s.label for s in subset])
@@ -191,9 +199,11 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
             print(f"finetuning on {len(val)} validation images and {len(subset)} test images "
                   f"({int(labels.sum())} defective), maps {method}/{dtype}")
         _, ft_maps = loaded.maps(subset, method, dtype, smooth)
-        best, table = search_pair(val_maps, ft_maps, labels, method, dtype)
+        if stats is not None:
+            ft_maps = stats.apply(ft_maps)
+        best, table = search_pair(val_maps, ft_maps, labels, method, dtype, normalized=normalize)
     result = {"method": method, "dtype": dtype, "mode": mode, "smooth": smooth, "score_sigma": score_sigma,
-              "image_score": score, "min_area": best["min_area"],
+              "image_score": score, "normalize": normalize, "min_area": best["min_area"],
               "threshold": best["threshold"], "score": best["balanced_accuracy"],
               "score_name": "balanced_accuracy", "tpr": best["tpr"], "tnr": best["tnr"],
               "target_fpr": target_fpr if mode == "normal-only" else None,
@@ -203,6 +213,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     target = modeldir.finetune_dir(loaded.model_dir, method, dtype)
     with modeldir.replace_folder(target) as tmp:
         modeldir.write_json(tmp / "finetune.json", result)
+        if stats is not None:
+            stats.save(tmp / "map_stats.npz")
         plots.plot_finetune(table, best, tmp / "finetune_plot.png")
     result["dir"] = str(target)
     return result

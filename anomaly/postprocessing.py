@@ -84,6 +84,41 @@ def classify(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     return out
 
 
+class MapStats:
+    """Per-pixel mean and standard deviation of the maps of defect-free training images.
+
+    Autoencoders reconstruct some places (edges, rims, specular spots) badly on every image;
+    dividing the map's excess over its usual value by its usual spread turns those systematic
+    errors down and leaves what is unusual for that pixel.
+
+    Args:
+        mean: (H, W) mean map.
+        std: (H, W) standard deviation, floored so constant pixels do not divide by zero.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+
+    @classmethod
+    def fit(cls, maps: np.ndarray) -> "MapStats":
+        """Statistics of (N, H, W) maps; the floor is 1e-3 of the maps' overall spread."""
+        floor = max(float(maps.std()) * 1e-3, 1e-12)
+        return cls(maps.mean(axis=0), maps.std(axis=0) + floor)
+
+    def apply(self, maps: np.ndarray) -> np.ndarray:
+        """(maps - mean) / std, pixel by pixel."""
+        return ((maps - self.mean) / self.std).astype(np.float32)
+
+    def save(self, path) -> None:
+        np.savez(path, mean=self.mean, std=self.std)
+
+    @classmethod
+    def load(cls, path) -> "MapStats":
+        with np.load(path) as data:
+            return cls(data["mean"], data["std"])
+
+
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian-smooth each (H, W) map of a stack; sigma 0 returns the maps unchanged."""
     if sigma <= 0:

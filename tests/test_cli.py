@@ -205,3 +205,17 @@ def test_smoothing_and_score_sigma_are_recorded_and_used(trained, tmp_path):
     assert metrics["image_score"] == "area"
     for r in rows:  # an image is predicted defective exactly when its largest region reaches min_area
         assert (float(r["score"]) >= metrics["min_area"]) == (r["predicted"] == "1")
+
+
+def test_normalized_maps_are_saved_and_reused_by_test(trained, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained, model_dir)
+    assert finetune_cli.main(["-p", str(model_dir), "-m", "l2", "--normalize", "--smooth", "2", "-q"]) == 0
+    ft = model_dir / "finetune" / "l2_float64"
+    assert json.loads((ft / "finetune.json").read_text())["normalize"] is True
+    assert (ft / "map_stats.npz").exists()
+    assert test_cli.main(["-p", str(model_dir), "-m", "l2", "--save", "-q"]) == 0
+    out = model_dir / "test" / "l2_float64"
+    assert json.loads((out / "metrics.json").read_text())["normalize"] is True
+    amap = np.load(next((out / "maps").rglob("*.npy")))
+    assert amap.min() < 0  # z-scores, not raw squared errors

@@ -370,3 +370,18 @@ def test_normal_only_pair_ignores_one_odd_validation_image():
     assert best["threshold"] < 0.5  # the odd image (1 of 20) is allowed to be flagged
     strict, _ = normal_only_pair(val, "ssim", "float64", target_fpr=0.0, min_areas=(5, 50))
     assert strict["threshold"] >= 0.9  # with no false positive allowed, its 100-px region sets it
+
+
+def test_map_stats_turn_down_systematic_errors():
+    from anomaly.postprocessing import MapStats
+
+    rng = np.random.default_rng(0)
+    train = 0.01 * rng.random((30, 16, 16))
+    train[:, 0, :] += 0.5  # an edge every image reconstructs badly
+    stats = MapStats.fit(train)
+    test = 0.01 * rng.random((1, 16, 16))
+    test[0, 0, :] += 0.5
+    test[0, 8, 8] += 0.3  # a real defect, weaker than the edge error
+    z = stats.apply(test)[0]
+    assert np.unravel_index(np.argmax(z), z.shape) == (8, 8)
+    assert np.unravel_index(np.argmax(test[0]), test[0].shape)[0] == 0  # raw map: the edge wins

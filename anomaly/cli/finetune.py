@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image score = max of the map after a Gaussian of this sigma (default 4)")
     p.add_argument("--score", default="max",
                    help="image score: max (default, smoothed map maximum) or area (largest region over the threshold)")
+    p.add_argument("--normalize", action="store_true",
+                   help="per-pixel z-scores of the maps against the training images' maps")
     p.add_argument("--split", type=float, default=0.1, help="semi: share of test images used (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     r = finetune(args.path, args.method, args.dtype, args.split, args.seed, progress=not args.quiet,
                  mode=args.mode, target_fpr=args.target_fpr, smooth=args.smooth,
-                 score_sigma=args.score_sigma, score=args.score)
+                 score_sigma=args.score_sigma, score=args.score, normalize=args.normalize)
     if r["mode"] == "semi":
         print(f"min_area {r['min_area']}, threshold {r['threshold']:g}: balanced accuracy {fmt(r['score'])} "
               f"(TPR {fmt(r['tpr'])}, TNR {fmt(r['tnr'])}) on {len(r['finetune_images'])} finetune images")
