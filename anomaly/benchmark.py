@@ -36,10 +36,10 @@ from anomaly.errors import AnomalyError
 
 COLUMNS = ("dataset", "category", "detector", "variant", "seed", "image_auroc", "pixel_auroc", "aupro_0.3",
            "balanced_accuracy", "f1", "fit_seconds", "test_images_per_second", "peak_memory_mb", "model_dir")
-EXTRA_COLUMNS = ("mode", "method", "epochs", "epochs_trained", "input_size", "lr", "run_seconds", "status", "error")
+EXTRA_COLUMNS = ("mode", "method", "smooth", "normalize", "epochs", "epochs_trained", "input_size", "lr", "run_seconds", "status", "error")
 KEY_COLUMNS = COLUMNS[:5]
 # The settings a recorded row was made with; a skipped row made with others gets a warning.
-SETTING_COLUMNS = ("mode", "epochs", "input_size", "lr")
+SETTING_COLUMNS = ("mode", "smooth", "normalize", "epochs", "input_size", "lr")
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro_0.3", "balanced_accuracy", "f1")
 DEFAULT_DETECTORS = ("mvtecCAE", "pixel-gaussian")
 DEFAULT_LOSSES = ("ssim",)
@@ -208,7 +208,8 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
 
 
 def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | None, lr: float | None,
-                     mode: str) -> dict[tuple[str, str], dict]:
+                     mode: str, method: str | None = None, smooth: float = 0.0,
+                     normalize: bool = False) -> dict[tuple[str, str], dict]:
     """Resolve and check the training configuration of every (detector, variant) up front.
 
     Running `load_train_config` here, before anything is written, turns a bad flag value
@@ -239,7 +240,9 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         trained = is_autoencoder(run.detector)
         settings[(run.detector, run.variant)] = {
             "overrides": overrides, "epochs": config.epochs if trained else None, "input_size": config.input_size,
-            "lr": config.lr if trained else None, "mode": mode}
+            "lr": config.lr if trained else None, "mode": mode,
+            # --map applies to autoencoders; other detectors keep their own map.
+            "method": method if trained else None, "smooth": smooth, "normalize": normalize}
     return settings
 
 
@@ -444,6 +447,8 @@ def _execute(run: Run, settings: dict, output_dir: Path) -> dict:
     result_file.unlink(missing_ok=True)  # a stale result must not pass for this attempt's
     args = {"data_dir": str(run.data_dir), "detector": run.detector, "variant": run.variant,
             "seed": run.seed, "overrides": settings["overrides"], "mode": settings["mode"],
+            "method": settings.get("method"), "smooth": settings.get("smooth", 0.0),
+            "normalize": settings.get("normalize", False),
             "models_dir": str((output_dir / "models").resolve()),
             "plots_dir": str((output_dir / "plots" / run.name).resolve()),
             "result_file": str(result_file.resolve())}
@@ -460,7 +465,8 @@ def _execute(run: Run, settings: dict, output_dir: Path) -> dict:
 
 def _row(run: Run, settings: dict, result: dict, seconds: float, output_dir: Path) -> dict[str, str]:
     row = {"dataset": run.dataset, "category": run.category, "detector": run.detector, "variant": run.variant,
-           "seed": run.seed, "mode": settings["mode"], "epochs": settings["epochs"],
+           "seed": run.seed, "mode": settings["mode"], "smooth": settings.get("smooth", 0.0),
+           "normalize": settings.get("normalize", False), "epochs": settings["epochs"],
            "input_size": settings["input_size"], "lr": settings["lr"], "run_seconds": round(seconds, 1)}
     for key in METRIC_COLUMNS + ("fit_seconds", "test_images_per_second", "peak_memory_mb", "method",
                                  "epochs_trained", "status", "error"):
@@ -500,7 +506,8 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
                   losses: Sequence[str] = DEFAULT_LOSSES, seeds: Sequence[int] = (0,),
                   output_dir: str | Path | None = None, epochs: int | None = None,
                   input_size: int | None = None, lr: float | None = None, mode: str = "semi",
-                  progress: bool = True, command: str | None = None) -> list[dict[str, str]]:
+                  progress: bool = True, command: str | None = None, method: str | None = None,
+                  smooth: float = 0.0, normalize: bool = False) -> list[dict[str, str]]:
     """Run a benchmark grid (or the part of it not yet done) and write its result files.
 
     Everything is checked before the output folder is created: names, dataset folders and
@@ -516,6 +523,9 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         input_size: the image size; the configuration's when None.
         lr: a fixed peak learning rate; None runs the learning-rate finder.
         mode: finetune mode, "semi" or "normal-only".
+        method: the autoencoders' map (ssim or l2); their default when None.
+        smooth: finetune --smooth sigma for every run.
+        normalize: finetune --normalize for every run.
         progress: print a line per run start and end.
         command: the command line to record in machine.json (this process's when None).
 
@@ -527,7 +537,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         AnomalyError: bad input, before anything is written.
     """
     runs = plan_grid(data, detectors, losses, seeds)
-    settings = resolve_settings(runs, epochs, input_size, lr, mode)
+    settings = resolve_settings(runs, epochs, input_size, lr, mode, method, smooth, normalize)
     output_dir = Path(output_dir) if output_dir else default_output_dir()
     csv_path, md_path = output_dir / "results.csv", output_dir / "results.md"
     rows = read_results(csv_path)  # before mkdir: a foreign CSV leaves the folder untouched

@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from the configuration)")
     p.add_argument("--input-size", type=int, help="image size (default from the configuration)")
     p.add_argument("--mode", default="semi", help="finetune mode: semi (default) or normal-only")
+    p.add_argument("--map", dest="method", help="autoencoder map: ssim or l2 (default: the detector's first)")
+    p.add_argument("--smooth", type=float, default=0.0, help="finetune --smooth sigma (default 0)")
+    p.add_argument("--normalize", action="store_true", help="finetune --normalize (per-pixel z-scores)")
     p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
     p.add_argument("-o", "--output-dir", help="benchmark folder (default benchmarks/<YYYY-MM-DD>); "
                    "re-running into the same folder skips the runs already done")
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["anomaly-benchmark", *(sys.argv[1:] if argv is None else argv)])
     rows = run_benchmark(args.data, detectors=args.architectures, losses=args.losses, seeds=args.seeds,
                          output_dir=output_dir, epochs=args.epochs, input_size=args.input_size,
-                         lr=args.lr, mode=args.mode, progress=not args.quiet, command=command)
+                         lr=args.lr, mode=args.mode, progress=not args.quiet, command=command,
+                         method=args.method, smooth=args.smooth, normalize=args.normalize)
     print(format_table(rows))
     print(f"saved: {output_dir}/results.csv, results.md, machine.json, plots/")
     failed = sum(r.get("status") != "ok" for r in rows)
