@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,13 @@ def choose_learning_rate(lrs, losses, decrease_factor: float = 0.85) -> tuple[fl
     return lr_opt, lr_base
 
 
+def progress_verbosity(progress: bool) -> int:
+    """Keras verbosity: a live bar on a terminal, one line per epoch in a log file, or nothing."""
+    if not progress:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _train_step_fn(model: keras.Model, loss_fn, optimizer, jit_compile: bool):
     @tf.function(jit_compile=jit_compile)
     def step(x, y):
@@ -120,7 +128,7 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
     mult = (end / start) ** (1.0 / total)
     optimizer = keras.optimizers.Adam(learning_rate=start)
     step = _train_step_fn(model, loss_fn, optimizer, jit_compile)
-    bar = keras.utils.Progbar(total, stateful_metrics=["lr", "loss"], verbose=1 if progress else 0)
+    bar = keras.utils.Progbar(total, stateful_metrics=["lr", "loss"], verbose=progress_verbosity(progress))
     lrs, smoothed = [], []
     avg, best, lr = 0.0, math.inf, start
     reason = f"reached {epochs} epochs"

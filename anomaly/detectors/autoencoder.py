@@ -19,7 +19,7 @@ from anomaly.losses import get_loss, get_metric
 from anomaly.models import build_model
 from anomaly.resmaps import check_method, finish_map, ssim_map
 from anomaly.training import (MIN_FINDER_STEPS, LRFinderResult, OneCycle, PatienceAndCheckpoint, find_learning_rate,
-                              load_checkpoint_state, make_optimizer)
+                              load_checkpoint_state, make_optimizer, progress_verbosity)
 
 
 @dataclass
@@ -137,7 +137,7 @@ class AutoencoderDetector(Detector):
             try:
                 self.model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                                initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
-                               callbacks=[schedule, keeper, recorder], verbose=1 if progress else 0)
+                               callbacks=[schedule, keeper, recorder], verbose=progress_verbosity(progress))
             except KeyboardInterrupt:
                 interrupted = True
         keeper.restore_best()
