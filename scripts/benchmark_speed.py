@@ -16,29 +16,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import time
 from datetime import date
 from pathlib import Path
-
-
-def machine_facts() -> dict:
-    """CPU model, cores, memory and library versions."""
-    import tensorflow as tf
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem, 1),
-            "tensorflow": tf.__version__, "gpu": [d.name for d in tf.config.list_physical_devices("GPU")],
-            "python": platform.python_version()}
 
 
 def bench(data: Path, architecture: str, setting: str, epochs: int, batch: int) -> dict:
@@ -110,6 +90,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", default="docs/benchmarks", help="folder for the CSV and JSON results")
     args = p.parse_args()
+
+    from anomaly.benchmark import machine_facts
 
     facts = machine_facts()
     print(json.dumps(facts))
