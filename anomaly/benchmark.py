@@ -505,7 +505,7 @@ def _differences(row: dict, settings: dict) -> list[str]:
 def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT_DETECTORS,
                   losses: Sequence[str] = DEFAULT_LOSSES, seeds: Sequence[int] = (0,),
                   output_dir: str | Path | None = None, epochs: int | None = None,
-                  input_size: int | None = None, lr: float | None = None, mode: str = "semi",
+                  input_size: int | None = None, lr: float | None = None, mode: str = "normal-only",
                   progress: bool = True, command: str | None = None, method: str | None = None,
                   smooth: float = 0.0, normalize: bool = False) -> list[dict[str, str]]:
     """Run a benchmark grid (or the part of it not yet done) and write its result files.

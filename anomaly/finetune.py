@@ -136,7 +136,7 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
 
 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
-             seed: int | None = None, progress: bool = True, mode: str = "semi",
+             seed: int | None = None, progress: bool = True, mode: str = "normal-only",
              target_fpr: float = 0.05, smooth: float = 0.0, score_sigma: float = 4.0,
              score: str = "max", normalize: bool = False) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
@@ -149,8 +149,9 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         fraction: share of the test images used (and then excluded from testing).
         seed: seeds the finetune subset; the training seed when None.
         progress: print what it does.
-        mode: "semi" (labelled test subset picks the pair) or "normal-only" (validation images
-            alone; no test image is used, see `normal_only_pair`).
+        mode: "normal-only" (validation images alone; no test image is used, see
+            `normal_only_pair`) or "semi" (a labelled test subset picks the pair, as the
+            original toolkit did).
         target_fpr: normal-only: the share of validation images allowed to be flagged.
         smooth: Gaussian sigma (pixels) applied to every map before thresholding; test uses
             the same.

@@ -28,7 +28,7 @@ def finetuned(trained, tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("ft") / "model"
     shutil.copytree(trained, model_dir)
     (model_file,) = model_dir.glob("*.keras")
-    assert finetune_cli.main(["-p", str(model_file), "-q"]) == 0
+    assert finetune_cli.main(["-p", str(model_file), "--mode", "semi", "-q"]) == 0
     return model_dir
 
 

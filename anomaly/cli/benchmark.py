@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="training seeds (default 0)")
     p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from the configuration)")
     p.add_argument("--input-size", type=int, help="image size (default from the configuration)")
-    p.add_argument("--mode", default="semi", help="finetune mode: semi (default) or normal-only")
+    p.add_argument("--mode", default="normal-only", help="finetune mode: normal-only (default) or semi")
     p.add_argument("--map", dest="method", help="autoencoder map: ssim or l2 (default: the detector's first)")
     p.add_argument("--smooth", type=float, default=0.0, help="finetune --smooth sigma (default 0)")
     p.add_argument("--normalize", action="store_true", help="finetune --normalize (per-pixel z-scores)")

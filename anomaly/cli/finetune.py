@@ -13,8 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
     p.add_argument("-m", "--method", help="map: ssim (default) or l2 for autoencoders; zscore for pixel-gaussian")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
-    p.add_argument("--mode", default="semi", help="semi (default: a labelled 10%% of the test images picks the "
-                   "pair) or normal-only (defect-free validation images only)")
+    p.add_argument("--mode", default="normal-only",
+                   help="normal-only (default: defect-free validation images only) or semi (a labelled 10%% "
+                   "of the test images picks the pair, as the original toolkit)")
     p.add_argument("--target-fpr", type=float, default=0.05,
                    help="normal-only: share of defect-free images allowed to be flagged (default 0.05)")
     p.add_argument("--smooth", type=float, default=0.0,
