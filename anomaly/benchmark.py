@@ -208,8 +208,8 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
 
 
 def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | None, lr: float | None,
-                     mode: str, method: str | None = None, smooth: float = 0.0,
-                     normalize: bool = False) -> dict[tuple[str, str], dict]:
+                     mode: str, method: str | None = None, smooth: float | None = None,
+                     normalize: bool | None = None) -> dict[tuple[str, str], dict]:
     """Resolve and check the training configuration of every (detector, variant) up front.
 
     Running `load_train_config` here, before anything is written, turns a bad flag value
@@ -447,8 +447,8 @@ def _execute(run: Run, settings: dict, output_dir: Path) -> dict:
     result_file.unlink(missing_ok=True)  # a stale result must not pass for this attempt's
     args = {"data_dir": str(run.data_dir), "detector": run.detector, "variant": run.variant,
             "seed": run.seed, "overrides": settings["overrides"], "mode": settings["mode"],
-            "method": settings.get("method"), "smooth": settings.get("smooth", 0.0),
-            "normalize": settings.get("normalize", False),
+            "method": settings.get("method"), "smooth": settings.get("smooth"),
+            "normalize": settings.get("normalize"),
             "models_dir": str((output_dir / "models").resolve()),
             "plots_dir": str((output_dir / "plots" / run.name).resolve()),
             "result_file": str(result_file.resolve())}
@@ -465,8 +465,8 @@ def _execute(run: Run, settings: dict, output_dir: Path) -> dict:
 
 def _row(run: Run, settings: dict, result: dict, seconds: float, output_dir: Path) -> dict[str, str]:
     row = {"dataset": run.dataset, "category": run.category, "detector": run.detector, "variant": run.variant,
-           "seed": run.seed, "mode": settings["mode"], "smooth": settings.get("smooth", 0.0),
-           "normalize": settings.get("normalize", False), "epochs": settings["epochs"],
+           "seed": run.seed, "mode": settings["mode"], "smooth": settings.get("smooth"),
+           "normalize": settings.get("normalize"), "epochs": settings["epochs"],
            "input_size": settings["input_size"], "lr": settings["lr"], "run_seconds": round(seconds, 1)}
     for key in METRIC_COLUMNS + ("fit_seconds", "test_images_per_second", "peak_memory_mb", "method",
                                  "epochs_trained", "status", "error"):
@@ -507,7 +507,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
                   output_dir: str | Path | None = None, epochs: int | None = None,
                   input_size: int | None = None, lr: float | None = None, mode: str = "normal-only",
                   progress: bool = True, command: str | None = None, method: str | None = None,
-                  smooth: float = 0.0, normalize: bool = False) -> list[dict[str, str]]:
+                  smooth: float | None = None, normalize: bool | None = None) -> list[dict[str, str]]:
     """Run a benchmark grid (or the part of it not yet done) and write its result files.
 
     Everything is checked before the output folder is created: names, dataset folders and
@@ -524,8 +524,8 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         lr: a fixed peak learning rate; None runs the learning-rate finder.
         mode: finetune mode, "semi" or "normal-only".
         method: the autoencoders' map (ssim or l2); their default when None.
-        smooth: finetune --smooth sigma for every run.
-        normalize: finetune --normalize for every run.
+        smooth: finetune --smooth sigma for every run; each detector's default when None.
+        normalize: finetune --normalize for every run; each detector's default when None.
         progress: print a line per run start and end.
         command: the command line to record in machine.json (this process's when None).
 

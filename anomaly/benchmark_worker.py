@@ -62,7 +62,7 @@ def run(args: dict) -> dict:
         raise KeyboardInterrupt
     # method=None: the detector's default map (ssim or l2 for autoencoders, zscore for pixel-gaussian).
     ft = finetune(outcome.model_file, method=args.get("method"), mode=args["mode"], progress=True,
-                  smooth=args.get("smooth", 0.0), normalize=args.get("normalize", False))
+                  smooth=args.get("smooth"), normalize=args.get("normalize"))
     (metrics,) = evaluate(outcome.model_file, save=True, method=ft["method"], dtype=ft["dtype"], progress=True)
     peak = peak_memory_mb()  # before plotting: the figures are not part of the detector's cost
     result = {"status": "ok", "error": "", "model_dir": str(outcome.model_dir), "method": ft["method"],

@@ -137,14 +137,14 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
              seed: int | None = None, progress: bool = True, mode: str = "normal-only",
-             target_fpr: float = 0.05, smooth: float = 0.0, score_sigma: float = 4.0,
-             score: str = "max", normalize: bool = False) -> dict:
+             target_fpr: float = 0.05, smooth: float | None = None, score_sigma: float = 4.0,
+             score: str = "max", normalize: bool | None = None) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
     Args:
         path: the model file or its directory.
         method: the map: "ssim" or "l2" for autoencoders, "zscore" for pixel-gaussian;
-            None for the detector's first.
+            None for the detector's default (`finetune_defaults`, also for smooth and normalize).
         dtype: "float64" or "uint8".
         fraction: share of the test images used (and then excluded from testing).
         seed: seeds the finetune subset; the training seed when None.
@@ -172,7 +172,10 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     if not 0 <= target_fpr < 1:
         raise AnomalyError(f"--target-fpr: expected a fraction in [0, 1), got {target_fpr}")
     loaded = load_model(path)
-    method = method or loaded.detector.methods[0]
+    defaults = loaded.detector.finetune_defaults
+    method = method or defaults["method"]
+    smooth = defaults["smooth"] if smooth is None else smooth
+    normalize = defaults["normalize"] if normalize is None else normalize
     check_method(method, dtype, loaded.detector.methods)
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed

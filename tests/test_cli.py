@@ -28,7 +28,9 @@ def finetuned(trained, tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("ft") / "model"
     shutil.copytree(trained, model_dir)
     (model_file,) = model_dir.glob("*.keras")
-    assert finetune_cli.main(["-p", str(model_file), "--mode", "semi", "-q"]) == 0
+    # The original toolkit's finetune: ssim maps, no smoothing or normalisation, semi-supervised.
+    assert finetune_cli.main(["-p", str(model_file), "--mode", "semi", "-m", "ssim", "--smooth", "0",
+                              "--no-normalize", "-q"]) == 0
     return model_dir
 
 
@@ -190,7 +192,7 @@ def test_normal_only_finetune_uses_no_test_image(trained, tmp_path):
 def test_smoothing_and_score_sigma_are_recorded_and_used(trained, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(trained, model_dir)
-    assert finetune_cli.main(["-p", str(model_dir), "--smooth", "2", "--score-sigma", "0", "-q"]) == 0
+    assert finetune_cli.main(["-p", str(model_dir), "-m", "ssim", "--smooth", "2", "--score-sigma", "0", "-q"]) == 0
     assert test_cli.main(["-p", str(model_dir), "--save", "-q"]) == 0
     out = model_dir / "test" / "ssim_float64"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -198,7 +200,7 @@ def test_smoothing_and_score_sigma_are_recorded_and_used(trained, tmp_path):
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     for r in rows[:3]:  # with score sigma 0 the score is the maximum of the saved (smoothed) map
         assert float(r["score"]) == pytest.approx(float(np.load(out / "maps" / f"{r['image']}.npy").max()), rel=1e-5)
-    assert finetune_cli.main(["-p", str(model_dir), "--score", "area", "-q"]) == 0
+    assert finetune_cli.main(["-p", str(model_dir), "-m", "ssim", "--score", "area", "-q"]) == 0
     assert test_cli.main(["-p", str(model_dir), "-q"]) == 0
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     metrics = json.loads((out / "metrics.json").read_text())

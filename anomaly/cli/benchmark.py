@@ -20,9 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from the configuration)")
     p.add_argument("--input-size", type=int, help="image size (default from the configuration)")
     p.add_argument("--mode", default="normal-only", help="finetune mode: normal-only (default) or semi")
-    p.add_argument("--map", dest="method", help="autoencoder map: ssim or l2 (default: the detector's first)")
-    p.add_argument("--smooth", type=float, default=0.0, help="finetune --smooth sigma (default 0)")
-    p.add_argument("--normalize", action="store_true", help="finetune --normalize (per-pixel z-scores)")
+    p.add_argument("--map", dest="method", help="autoencoder map: ssim or l2 (default: the detector's)")
+    p.add_argument("--smooth", type=float, help="finetune --smooth sigma (default: each detector's)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                   help="finetune --normalize (default: each detector's)")
     p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
     p.add_argument("-o", "--output-dir", help="benchmark folder (default benchmarks/<YYYY-MM-DD>); "
                    "re-running into the same folder skips the runs already done")

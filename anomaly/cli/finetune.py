@@ -11,21 +11,23 @@ from anomaly.cli.common import fmt, run
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
     p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
-    p.add_argument("-m", "--method", help="map: ssim (default) or l2 for autoencoders; zscore for pixel-gaussian")
+    p.add_argument("-m", "--method", help="map: l2 (default) or ssim for autoencoders; zscore for pixel-gaussian")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
     p.add_argument("--mode", default="normal-only",
                    help="normal-only (default: defect-free validation images only) or semi (a labelled 10%% "
                    "of the test images picks the pair, as the original toolkit)")
     p.add_argument("--target-fpr", type=float, default=0.05,
                    help="normal-only: share of defect-free images allowed to be flagged (default 0.05)")
-    p.add_argument("--smooth", type=float, default=0.0,
-                   help="Gaussian sigma in pixels applied to maps before thresholding (default 0)")
+    p.add_argument("--smooth", type=float,
+                   help="Gaussian sigma in pixels applied to maps before thresholding "
+                   "(default 4 for autoencoders, 0 for pixel-gaussian)")
     p.add_argument("--score-sigma", type=float, default=4.0,
                    help="image score = max of the map after a Gaussian of this sigma (default 4)")
     p.add_argument("--score", default="max",
                    help="image score: max (default, smoothed map maximum) or area (largest region over the threshold)")
-    p.add_argument("--normalize", action="store_true",
-                   help="per-pixel z-scores of the maps against the training images' maps")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                   help="per-pixel z-scores of the maps against the training images' maps "
+                   "(default on for autoencoders, off for pixel-gaussian)")
     p.add_argument("--split", type=float, default=0.1, help="semi: share of test images used (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -70,6 +70,9 @@ class AutoencoderDetector(Detector):
 
     methods = ("ssim", "l2")
     file_suffix = ".keras"
+    # Chosen by measurement on bottle, cookie and KolektorSDD (docs/results.md): L2 residuals,
+    # smoothed (sigma 4), as z-scores against the training images' residuals.
+    finetune_defaults = {"method": "l2", "smooth": 4.0, "normalize": True}
 
     def __init__(self, config: TrainConfig, model: keras.Model | None = None):
         self.config = config

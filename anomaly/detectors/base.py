@@ -20,6 +20,9 @@ class Detector(ABC):
     """
 
     input_shape: tuple[int, int, int]
+    # The maps it can make, and the finetune options used when the user names none.
+    methods: tuple[str, ...]
+    finetune_defaults: dict
 
     @abstractmethod
     def anomaly_maps(self, images: np.ndarray, method: str, dtype: str) -> np.ndarray:

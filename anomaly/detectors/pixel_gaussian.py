@@ -26,6 +26,7 @@ class PixelGaussianDetector(Detector):
 
     methods = ("zscore",)
     file_suffix = ".npz"
+    finetune_defaults = {"method": "zscore", "smooth": 0.0, "normalize": False}
 
     def __init__(self, input_shape: tuple[int, int, int], std_floor: float = 0.01):
         self.input_shape = tuple(input_shape)
