@@ -214,9 +214,3 @@ class AutoencoderDetector(Detector):
         if shape != tuple(config.input_shape):
             raise AnomalyError(f"-p {model_file}: model input {shape} does not match config.yaml {config.input_shape}")
         return cls(config, model)
-
-
-def epochs_to_seconds(result: FitResult) -> float:
-    """Mean wall seconds per epoch of a fit (finder included), for reports."""
-    n = max(len(result.history), 1)
-    return result.seconds / n if math.isfinite(result.seconds) else float("nan")
