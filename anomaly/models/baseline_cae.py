@@ -13,6 +13,7 @@ import keras
 from keras import layers, regularizers
 
 from anomaly.models._shape import check_input_shape
+from anomaly.models.layers import conv_bn_sigmoid_output
 
 _L2 = 1e-6
 _NEGATIVE_SLOPE = 0.1
@@ -111,14 +112,6 @@ def baseline_cae(input_shape=(256, 256, 1), name="baselineCAE"):
         x = _decoder_block(x, filters, index)
 
     # Output.
-    x = layers.Conv2D(
-        channels,
-        3,
-        padding="same",
-        kernel_regularizer=regularizers.L2(_L2),
-        name="output_conv",
-    )(x)
-    x = layers.BatchNormalization(name="output_bn")(x)
-    outputs = layers.Activation("sigmoid", dtype="float32", name="output")(x)
+    outputs = conv_bn_sigmoid_output(x, channels, _L2)
 
     return keras.Model(inputs, outputs, name=name)

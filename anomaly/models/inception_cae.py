@@ -15,6 +15,7 @@ import keras
 from keras import layers, regularizers
 
 from anomaly.models._shape import check_input_shape
+from anomaly.models.layers import conv_bn_sigmoid_output
 
 _L2 = 1e-6
 _NEGATIVE_SLOPE = 0.1
@@ -92,14 +93,6 @@ def inception_cae(input_shape=(256, 256, 1), name="inceptionCAE"):
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec_up{index}")(x)
 
     # Output.
-    x = layers.Conv2D(
-        channels,
-        3,
-        padding="same",
-        kernel_regularizer=regularizers.L2(_L2),
-        name="output_conv",
-    )(x)
-    x = layers.BatchNormalization(name="output_bn")(x)
-    outputs = layers.Activation("sigmoid", dtype="float32", name="output")(x)
+    outputs = conv_bn_sigmoid_output(x, channels, _L2)
 
     return keras.Model(inputs, outputs, name=name)

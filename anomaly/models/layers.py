@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import layers, regularizers
 
 
 def _phase_matrix(scale: int, kernel_size: int, strides: int) -> tuple[np.ndarray, int, int]:
@@ -85,3 +86,14 @@ class UpsampleConv2D(keras.layers.Layer):
         config.update({"filters": self.filters, "kernel_size": self.kernel_size, "scale": self.scale, "strides": self.strides,
                        "activation": keras.activations.serialize(self.activation)})
         return config
+
+
+def conv_bn_sigmoid_output(x, channels: int, l2: float):
+    """The output head of baselineCAE and inceptionCAE: Conv(C, 3) with L2, BatchNorm, sigmoid.
+
+    The sigmoid computes in float32 so the models also work under a mixed_bfloat16 policy.
+    """
+    x = layers.Conv2D(channels, 3, padding="same", kernel_regularizer=regularizers.L2(l2),
+                      name="output_conv")(x)
+    x = layers.BatchNormalization(name="output_bn")(x)
+    return layers.Activation("sigmoid", dtype="float32", name="output")(x)
