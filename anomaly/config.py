@@ -48,6 +48,18 @@ class TrainConfig:
         jit_compile: compile the training step with XLA.
         output_dir: the root under which model directories are created.
         inspect: save inspection images after training.
+        backbone: the pretrained network of a feature detector (`anomaly.backbones`).
+        weights: the backbone's weights: "imagenet", "random" or a weights file.
+        layers: comma-separated backbone layers a feature detector reads; empty for its default.
+        coreset_ratio: patchcore: share of training patches kept in the memory bank.
+        num_neighbors: patchcore: a patch's score is its mean distance to this many neighbours.
+        reweight: patchcore: the paper's image-score re-weighting.
+        map_sigma: feature detectors: Gaussian sigma (pixels) smoothing the upsampled map.
+        pca_variance: fre: share of the feature variance the PCA keeps.
+        knn_k: knn: neighbours averaged into the score.
+        knn_dims: knn: the highest-variance feature dimensions kept.
+        kmeans_clusters: kmeans: number of centroids.
+        latent_dim: fre-tae and feature-ae: size of the code.
     """
 
     data_dir: str = ""
@@ -74,14 +86,34 @@ class TrainConfig:
     jit_compile: bool = False
     output_dir: str = "saved_models"
     inspect: bool = False
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    layers: str = ""
+    coreset_ratio: float = 0.01
+    num_neighbors: int = 1
+    reweight: bool = False
+    map_sigma: float = 4.0
+    pca_variance: float = 0.97
+    knn_k: int = 50
+    knn_dims: int = 500
+    kmeans_clusters: int = 2
+    latent_dim: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
-        """The model-directory level below the architecture: the loss of an autoencoder."""
-        from anomaly.detectors import is_autoencoder
+        """The model-directory level below the architecture: the loss of an autoencoder, the
+        backbone of a feature detector, "none" for the pixel baseline."""
+        from anomaly.detectors import is_autoencoder, uses_backbone
 
-        return self.loss if is_autoencoder(self.architecture) else "none"
+        if is_autoencoder(self.architecture):
+            return self.loss
+        return self.backbone if uses_backbone(self.architecture) else "none"
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """`layers` as a tuple; empty for the detector's default."""
+        return tuple(n.strip() for n in self.layers.split(",") if n.strip())
 
     @property
     def channels(self) -> int:
@@ -110,6 +142,20 @@ class TrainConfig:
                 raise AnomalyError(f"{flag}: expected a positive integer, got {value}")
         if not 0 < self.val_split < 1:
             raise AnomalyError(f"--val-split: expected a fraction in (0, 1), got {self.val_split}")
+        from anomaly.backbones import backbone_spec
+
+        backbone_spec(self.backbone)
+        if not 0 < self.coreset_ratio <= 1:
+            raise AnomalyError(f"--coreset-ratio: expected a fraction in (0, 1], got {self.coreset_ratio}")
+        if not 0 < self.pca_variance <= 1:
+            raise AnomalyError(f"--pca-variance: expected a fraction in (0, 1], got {self.pca_variance}")
+        for flag, value in (("--num-neighbors", self.num_neighbors), ("--knn-k", self.knn_k),
+                            ("--knn-dims", self.knn_dims), ("--kmeans-clusters", self.kmeans_clusters)):
+            if value < 1:
+                raise AnomalyError(f"{flag}: expected a positive integer, got {value}")
+        if self.map_sigma < 0 or self.latent_dim < 0:
+            flag = "--map-sigma" if self.map_sigma < 0 else "--latent-dim"
+            raise AnomalyError(f"{flag}: expected a value >= 0")
         if self.lr is not None and not self.lr > 0:
             raise AnomalyError(f"--lr: expected a positive learning rate, got {self.lr}")
         return self

@@ -80,7 +80,8 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
                      "n_good": int((labels[keep] == 0).sum()), "n_defective": int((labels[keep] == 1).sum()),
                      "image_auroc": image_auroc(labels[keep], scores[keep])}
     masks = None
-    if loaded.dataset.has_masks:
+    # Image-level detectors paint their score over the whole map: no pixel metrics for them.
+    if loaded.dataset.has_masks and getattr(loaded.detector, "pixel_level", True):
         masks = np.stack([read_mask(s.mask_path, s.path, size) if s.mask_path else np.zeros(size, bool)
                           for s in test])
         metrics["pixel_auroc"] = pixel_auroc(masks[keep], maps[keep])

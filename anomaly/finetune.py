@@ -137,7 +137,7 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
              seed: int | None = None, progress: bool = True, mode: str = "normal-only",
-             target_fpr: float = 0.05, smooth: float | None = None, score_sigma: float = 4.0,
+             target_fpr: float = 0.05, smooth: float | None = None, score_sigma: float | None = None,
              score: str = "max", normalize: bool | None = None) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
@@ -156,7 +156,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         smooth: Gaussian sigma (pixels) applied to every map before thresholding; test uses
             the same.
         score_sigma: the test's continuous image score is the maximum of each map after a
-            Gaussian of this sigma (recorded here, used by test).
+            Gaussian of this sigma (recorded here, used by test); None for the detector's
+            default (4, or 0 for detectors whose maps are smoothed already).
         score: "max" (the smoothed maximum above) or "area" (pixels in the largest region over
             the chosen threshold).
         normalize: turn maps into per-pixel z-scores against the maps of the training images
@@ -176,6 +177,7 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     method = method or defaults["method"]
     smooth = defaults["smooth"] if smooth is None else smooth
     normalize = defaults["normalize"] if normalize is None else normalize
+    score_sigma = defaults.get("score_sigma", 4.0) if score_sigma is None else score_sigma
     check_method(method, dtype, loaded.detector.methods)
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed

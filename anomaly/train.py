@@ -79,6 +79,11 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     dataset = find_dataset(config.data_dir)
     set_seed(config.seed)
     train_s, val_s, train_x, val_x = load_split(dataset, config)
+    detector = None
+    if not is_autoencoder(config.architecture):
+        detector = detector_class(config.architecture).from_config(config)
+        if hasattr(detector, "extractor"):
+            detector.extractor  # noqa: B018 - a bad backbone, weights file or layer fails before any folder is made
     if resume_dir is None:
         model_dir = modeldir.new_model_dir(config.output_dir, dataset.name, config.architecture, config.variant)
         saved = config.to_dict()
@@ -93,8 +98,8 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
         print(f"{dataset.root}: {len(train_s)} training and {len(val_s)} validation images "
               f"-> {model_dir}")
 
-    if not is_autoencoder(config.architecture):
-        return _fit_baseline(config, model_dir, train_x)
+    if detector is not None:
+        return _fit_detector(detector, config, model_dir, train_x, val_x, progress)
     detector = AutoencoderDetector(config)
     result = detector.fit(train_x, val_x, model_dir / "checkpoint", resume=resume_dir is not None,
                           progress=progress)
@@ -121,18 +126,26 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     return TrainOutcome(model_dir, model_file, result)
 
 
-def _fit_baseline(config: TrainConfig, model_dir: Path, train_x: np.ndarray) -> TrainOutcome:
-    """Fit a detector without epochs (pixel-gaussian) and save it."""
+def _fit_detector(detector, config: TrainConfig, model_dir: Path, train_x: np.ndarray, val_x: np.ndarray,
+                  progress: bool) -> TrainOutcome:
+    """Fit a detector other than an autoencoder (pixel-gaussian, feature detectors) and save it."""
     import time
 
     start = time.perf_counter()
-    detector = detector_class(config.architecture)(config.input_shape).fit(train_x)
+    if progress:
+        print(f"fitting {config.architecture}" + (f" on {config.backbone} features" if config.variant != "none" else ""))
+    detector.fit(train_x, val_x)
+    seconds = time.perf_counter() - start
     model_file = model_dir / f"{config.architecture}{detector.file_suffix}"
     tmp = model_dir / f".tmp-{model_file.name}"
     detector.save(tmp)
     tmp.replace(model_file)
+    summary = {"fit_seconds": seconds, **(detector.summary() if hasattr(detector, "summary") else {})}
+    modeldir.write_json(model_dir / "detector.json", summary)
+    if progress and "bank_size" in summary:
+        print(f"memory bank: {summary['bank_size']} x {summary['feature_dim']} ({summary['bank_mb']:.1f} MiB)")
     fit = FitResult(history=[], best_epoch=0, lr_finder=None, lr=0.0, schedule=[], interrupted=False,
-                    seconds=time.perf_counter() - start)
+                    seconds=seconds)
     return TrainOutcome(model_dir, model_file, fit)
 
 

@@ -11,7 +11,8 @@ from anomaly.cli.common import fmt, run
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
     p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
-    p.add_argument("-m", "--method", help="map: l2 (default) or ssim for autoencoders; zscore for pixel-gaussian")
+    p.add_argument("-m", "--method", help="map: l2 (default) or ssim for autoencoders; zscore for pixel-gaussian; "
+                   "the feature detectors have one map each (their default)")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
     p.add_argument("--mode", default="normal-only",
                    help="normal-only (default: defect-free validation images only) or semi (a labelled 10%% "
@@ -21,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float,
                    help="Gaussian sigma in pixels applied to maps before thresholding "
                    "(default 4 for autoencoders, 0 for pixel-gaussian)")
-    p.add_argument("--score-sigma", type=float, default=4.0,
-                   help="image score = max of the map after a Gaussian of this sigma (default 4)")
+    p.add_argument("--score-sigma", type=float,
+                   help="image score = max of the map after a Gaussian of this sigma "
+                   "(default 4; 0 for detectors whose maps are smoothed already)")
     p.add_argument("--score", default="max",
                    help="image score: max (default, smoothed map maximum) or area (largest region over the threshold)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,

@@ -11,7 +11,9 @@ from anomaly.cli.common import run
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-train", description=__doc__)
     p.add_argument("-d", "--input-dir", dest="data_dir", help="dataset category folder (MVTec layout)")
-    p.add_argument("-a", "--architecture", help="mvtecCAE (default), baselineCAE, inceptionCAE, resnetCAE, skipCAE")
+    p.add_argument("-a", "--architecture",
+                   help="autoencoders: mvtecCAE (default), baselineCAE, inceptionCAE, resnetCAE, skipCAE; "
+                   "baseline: pixel-gaussian; feature detectors: patchcore, fre, fre-tae, knn, kmeans, feature-ae")
     p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")
@@ -22,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="resize images to this square size (default 256)")
     p.add_argument("--precision", help="float32 (default) or mixed_bfloat16")
     p.add_argument("--xla", dest="jit_compile", action="store_const", const=True, help="compile with XLA")
+    p.add_argument("--backbone", help="feature detectors: efficientnet_lite0 (default), efficientnet_lite2, "
+                   "resnet50, mobilenet_v2, efficientnet_b0..b5")
+    p.add_argument("--weights", help="backbone weights: imagenet (default), random, or a weights file")
+    p.add_argument("--layers", help="feature detectors: comma-separated backbone layers (default per detector)")
+    p.add_argument("--coreset-ratio", type=float, help="patchcore: share of training patches kept (default 0.002)")
     p.add_argument("-o", "--output-dir", help="root of model directories (default saved_models)")
     p.add_argument("-i", "--inspect", action="store_const", const=True, help="save inspection images")
     p.add_argument("--config", help="YAML file of options (overridden by flags)")

@@ -1,22 +1,38 @@
-"""Detectors by name: the five autoencoders and the pixel-gaussian baseline."""
+"""Detectors by name: the five autoencoders, the pixel-gaussian baseline and the feature detectors."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from anomaly.errors import AnomalyError
 from anomaly.models import list_architectures
 
 BASELINES = ("pixel-gaussian",)
+# name -> (module, class) of the detectors that read a pretrained backbone.
+FEATURE_DETECTORS = {
+    "patchcore": ("anomaly.detectors.patchcore", "PatchCoreDetector"),
+    "fre": ("anomaly.detectors.fre", "FREDetector"),
+    "fre-tae": ("anomaly.detectors.fre", "TiedAutoencoderFRE"),
+    "knn": ("anomaly.detectors.image_level", "KNNDetector"),
+    "kmeans": ("anomaly.detectors.image_level", "KMeansDetector"),
+    "feature-ae": ("anomaly.detectors.feature_ae", "FeatureAEDetector"),
+}
+_OTHERS = {"pixel-gaussian": ("anomaly.detectors.pixel_gaussian", "PixelGaussianDetector"), **FEATURE_DETECTORS}
 
 
 def list_detectors() -> list[str]:
     """Every name `-a/--architecture` accepts."""
-    return [*list_architectures(), *BASELINES]
+    return [*list_architectures(), *BASELINES, *FEATURE_DETECTORS]
 
 
 def is_autoencoder(name: str) -> bool:
     return name in list_architectures()
+
+
+def uses_backbone(name: str) -> bool:
+    """Whether a detector reads a pretrained backbone (`--backbone`)."""
+    return name in FEATURE_DETECTORS
 
 
 def detector_class(name: str):
@@ -25,10 +41,9 @@ def detector_class(name: str):
         from anomaly.detectors.autoencoder import AutoencoderDetector
 
         return AutoencoderDetector
-    if name == "pixel-gaussian":
-        from anomaly.detectors.pixel_gaussian import PixelGaussianDetector
-
-        return PixelGaussianDetector
+    if name in _OTHERS:
+        module, cls = _OTHERS[name]
+        return getattr(importlib.import_module(module), cls)
     raise AnomalyError(f"--architecture: unknown architecture '{name}': expected one of {', '.join(list_detectors())}")
 
 

@@ -32,7 +32,11 @@ class PixelGaussianDetector(Detector):
         self.input_shape = tuple(input_shape)
         self.std_floor = std_floor
 
-    def fit(self, images: np.ndarray) -> "PixelGaussianDetector":
+    @classmethod
+    def from_config(cls, config) -> "PixelGaussianDetector":
+        return cls(config.input_shape)
+
+    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "PixelGaussianDetector":
         """Learn `mean_` and `std_` (H, W, C) from defect-free images in [0, 1]."""
         images = np.asarray(images, dtype=np.float64)
         self.mean_ = images.mean(axis=0).astype(np.float32)

@@ -1,0 +1,140 @@
+"""feature-ae: an autoencoder on backbone feature maps; the map is the feature reconstruction error.
+
+As the deep-feature-reconstruction notebooks (DFR, Shi et al. 2021): locally aggregated
+patch features (the same as PatchCore's) are reconstructed by a 1x1-convolution autoencoder
+D -> D/2 -> 2L -> L -> 2L -> D/2 -> D (batch norm and ReLU between, linear output), trained
+with the mean squared error. The map is the per-position mean squared error over channels,
+upsampled bilinearly and smoothed with a Gaussian.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from anomaly.detectors.base import Detector
+from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
+from anomaly.errors import AnomalyError
+
+
+def feature_autoencoder(channels: int, latent_dim: int = 100) -> keras.Model:
+    """The 1x1-convolution autoencoder of feature maps.
+
+    Args:
+        channels: D, the feature channels.
+        latent_dim: L, the code size per position.
+
+    Returns:
+        A `keras.Model` from (h, w, D) to (h, w, D).
+    """
+    inputs = keras.Input((None, None, channels), name="features")
+    x = inputs
+    widths = [channels // 2, 2 * latent_dim, latent_dim, 2 * latent_dim, channels // 2]
+    for i, width in enumerate(widths):
+        x = layers.Conv2D(width, 1, name=f"conv{i}")(x)
+        if i != 2:  # the code stays linear
+            x = layers.BatchNormalization(name=f"bn{i}")(x)
+            x = layers.ReLU(name=f"relu{i}")(x)
+    outputs = layers.Conv2D(channels, 1, name="reconstruction")(x)
+    return keras.Model(inputs, outputs, name="feature_ae")
+
+
+class FeatureAEDetector(BackboneDetectorMixin, Detector):
+    """Feature autoencoder detector.
+
+    Args:
+        input_shape: (H, W, C) of the images.
+        backbone, weights, layers: as PatchCore's (the layers default to the backbone's patch layers).
+        latent_dim: code size per position (0: 100).
+        epochs: most training epochs; training stops early when the validation loss stalls.
+        map_sigma: Gaussian sigma (pixels) smoothing the upsampled map.
+        seed: seeds the weights and the shuffling.
+        batch_size: images per forward pass and per training step.
+    """
+
+    methods = ("fae",)
+    file_suffix = ".npz"
+    finetune_defaults = {"method": "fae", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
+
+    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                 layers: tuple[str, ...] = (), latent_dim: int = 0, epochs: int = 50, map_sigma: float = 4.0,
+                 seed: int = 0, batch_size: int = 8, patience: int = 5):
+        from anomaly.backbones import backbone_spec
+
+        self.input_shape = tuple(input_shape)
+        self.backbone, self.weights = backbone, weights
+        self.layers = tuple(layers) or backbone_spec(backbone).patch_layers
+        self.latent_dim, self.epochs, self.map_sigma = latent_dim or 100, epochs, map_sigma
+        self.seed, self.batch_size, self.patience = seed, batch_size, patience
+
+    @classmethod
+    def from_config(cls, config) -> "FeatureAEDetector":
+        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.latent_dim,
+                   config.epochs, config.map_sigma, config.seed, config.batch_size, config.early_stopping)
+
+    def patch_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, h, w, D) locally aware patch features, as PatchCore's."""
+        return self.run_batched(self._local_patches, images)
+
+    def _local_patches(self, x):
+        return local_patches(self.extractor(x))
+
+    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "FeatureAEDetector":
+        """Train the autoencoder `model_` on the features of defect-free images."""
+        from anomaly.detectors.autoencoder import set_seed
+
+        x = self.patch_features(images)
+        # Standardise channels so every layer's features weigh alike in the loss.
+        self.mean_ = x.mean(axis=(0, 1, 2)).astype(np.float32)
+        self.std_ = (x.std(axis=(0, 1, 2)) + 1e-6).astype(np.float32)
+        x = (x - self.mean_) / self.std_
+        val = None
+        if validation is not None and len(validation):
+            v = (self.patch_features(validation) - self.mean_) / self.std_
+            val = (v, v)
+        set_seed(self.seed)
+        self.model_ = feature_autoencoder(x.shape[-1], self.latent_dim)
+        self.model_.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        callbacks = [keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)] if val else []
+        self.model_.fit(x, x, batch_size=self.batch_size, epochs=self.epochs, validation_data=val,
+                        callbacks=callbacks, shuffle=True, verbose=0)
+        self.forget_traces()
+        return self
+
+    def summary(self) -> dict:
+        return {"parameters": int(self.model_.count_params()), "feature_dim": int(len(self.mean_)),
+                "layers": list(self.layers)}
+
+    def _maps(self, x):
+        f = (local_patches(self.extractor(x)) - tf.constant(self.mean_)) / tf.constant(self.std_)
+        err = tf.reduce_mean(tf.square(f - self.model_(f, training=False)), axis=-1)
+        return to_full_map(err, self.input_shape[:2], self.map_sigma)
+
+    def anomaly_maps(self, images: np.ndarray, method: str = "fae", dtype: str = "float64",
+                     batch_size: int | None = None, return_reconstructions: bool = False):
+        """(N, H, W) float32 maps of the feature reconstruction error."""
+        if method not in self.methods or dtype != "float64":
+            raise AnomalyError(f"--method/--dtype: feature-ae maps are fae/float64, got {method}/{dtype}")
+        maps = self.run_batched(self._maps, images, batch_size)
+        return (maps, None) if return_reconstructions else maps
+
+    def save(self, path: Path) -> None:
+        weights = {f"w{i}": w for i, w in enumerate(self.model_.get_weights())}
+        np.savez(path, mean=self.mean_, std=self.std_, **weights)
+
+    @classmethod
+    def load(cls, config, model_file: Path) -> "FeatureAEDetector":
+        det = cls.from_config(config)
+        try:
+            with np.load(model_file) as data:
+                det.mean_, det.std_ = data["mean"], data["std"]
+                weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
+            det.model_ = feature_autoencoder(len(det.mean_), det.latent_dim)
+            det.model_.set_weights(weights)
+        except (OSError, KeyError, ValueError) as exc:
+            raise AnomalyError(f"-p {model_file}: cannot load feature-ae weights ({exc})") from None
+        return det

@@ -1,0 +1,126 @@
+"""Deep features of a pretrained backbone, shared by the feature detectors.
+
+Post-processing that several detectors share lives here too: PatchCore's local patch
+aggregation, and turning a coarse score grid into a full-resolution, Gaussian-smoothed map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from anomaly.backbones import build_backbone
+
+
+class FeatureExtractor:
+    """The outputs of named backbone layers for images in [0, 1].
+
+    Args:
+        backbone: a name from `anomaly.backbones.list_backbones()`.
+        weights: "imagenet", "random" or a weights file.
+        layers: the layer names whose outputs are returned, in order.
+        input_shape: (H, W, C) of the images; C = 1 is repeated to RGB.
+    """
+
+    def __init__(self, backbone: str, weights: str, layers: tuple[str, ...], input_shape: tuple[int, int, int]):
+        import keras
+
+        from anomaly.errors import AnomalyError
+
+        self.input_shape = tuple(input_shape)
+        model, self._preprocess = build_backbone(backbone, weights, (*self.input_shape[:2], 3))
+        names = {layer.name for layer in model.layers}
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise AnomalyError(f"--layers: {backbone} has no layer '{unknown[0]}'")
+        self.model = keras.Model(model.input, [model.get_layer(n).output for n in layers])
+        self.model.trainable = False
+
+    def __call__(self, images: tf.Tensor) -> list[tf.Tensor]:
+        """Feature maps (N, h, w, c) for a batch of (N, H, W, C) images, inference mode."""
+        images = tf.convert_to_tensor(images, tf.float32)
+        if images.shape[-1] == 1:
+            images = tf.repeat(images, 3, axis=-1)
+        out = self.model(self._preprocess(images), training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def local_patches(feature_maps: list[tf.Tensor]) -> tf.Tensor:
+    """PatchCore's locally aware patch features (N, h, w, sum c).
+
+    Each map is averaged over a 3x3 neighbourhood (stride 1; at the border the average is over
+    the pixels inside the map rather than counting zero padding), resized bilinearly to the
+    first (finest) map's grid and concatenated along channels.
+    """
+    size = tf.shape(feature_maps[0])[1:3]
+    out = []
+    for f in feature_maps:
+        f = tf.nn.avg_pool2d(f, 3, 1, "SAME")  # TF's SAME average pooling excludes padding
+        if f.shape[1] != feature_maps[0].shape[1]:
+            f = tf.image.resize(f, size, method="bilinear")
+        out.append(f)
+    return tf.concat(out, axis=-1)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """A normalised 1-D Gaussian truncated at 4 sigma (as scipy's gaussian_filter)."""
+    radius = int(4 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return (g / g.sum()).astype(np.float32)
+
+
+def to_full_map(grid: tf.Tensor, size: tuple[int, int], sigma: float) -> tf.Tensor:
+    """(N, h, w) scores -> (N, H, W) map: bilinear upsampling, then a Gaussian of `sigma` px.
+
+    The Gaussian pads by reflection (scipy's default mode) so borders are not darkened.
+    """
+    x = tf.image.resize(grid[..., None], size, method="bilinear")
+    if sigma > 0:
+        k = tf.constant(gaussian_kernel(sigma))
+        r = (k.shape[0] - 1) // 2
+        x = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="SYMMETRIC")
+        x = tf.nn.conv2d(x, tf.reshape(k, (-1, 1, 1, 1)), 1, "VALID")
+        x = tf.nn.conv2d(x, tf.reshape(k, (1, -1, 1, 1)), 1, "VALID")
+    return x[..., 0]
+
+
+def in_batches(fn: Callable, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Apply `fn` (images -> tensor or tuple of tensors) batch by batch; concatenated numpy outputs."""
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, len(images), batch_size):
+        out = fn(tf.constant(images[start:start + batch_size], tf.float32))
+        out = out if isinstance(out, (list, tuple)) else (out,)
+        parts.append([o.numpy() for o in out])
+    return [np.concatenate(p) for p in zip(*parts)]
+
+
+class BackboneDetectorMixin:
+    """The backbone plumbing every feature detector shares.
+
+    Expects `input_shape`, `backbone`, `weights`, `layers` and `batch_size` attributes. The
+    extractor is built on first use (loading a detector does not load a backbone until maps
+    are asked for), and each traced function is kept so repeated calls do not retrace.
+    """
+
+    _extractor: FeatureExtractor | None = None
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(self.backbone, self.weights, self.layers, self.input_shape)
+        return self._extractor
+
+    def run_batched(self, fn: Callable, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """`fn` (a method: image batch -> tensor) over images in batches, traced once per method."""
+        self.extractor  # noqa: B018 - build (and load weights) eagerly, never inside a trace
+        traced = self.__dict__.setdefault("_traced", {})
+        if fn.__name__ not in traced:
+            traced[fn.__name__] = tf.function(fn, reduce_retracing=True)
+        return in_batches(traced[fn.__name__], np.asarray(images, np.float32), batch_size or self.batch_size)[0]
+
+    def forget_traces(self) -> None:
+        """Drop traced functions (after fitting changes what they close over)."""
+        self.__dict__.pop("_traced", None)

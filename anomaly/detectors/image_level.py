@@ -1,0 +1,170 @@
+"""Image-level detectors on globally pooled backbone features: kNN and KMeans.
+
+They score whole images, not positions, so their "map" is the image score painted over every
+pixel. Through the shared finetune that means: a region over the threshold is the whole image
+or nothing, so min_area has no effect and the threshold is a threshold on the image score;
+test reports no pixel metrics for them (`pixel_level = False`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from anomaly.detectors.base import Detector
+from anomaly.detectors.features import BackboneDetectorMixin
+from anomaly.errors import AnomalyError
+
+
+class _PooledFeatureDetector(BackboneDetectorMixin, Detector):
+    """Shared parts: one backbone layer, globally average-pooled to a vector per image."""
+
+    file_suffix = ".npz"
+    pixel_level = False
+    name = ""
+
+    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                 layers: tuple[str, ...] = (), seed: int = 0, batch_size: int = 16):
+        from anomaly.backbones import backbone_spec
+
+        self.input_shape = tuple(input_shape)
+        self.backbone, self.weights = backbone, weights
+        self.layers = tuple(layers) or (backbone_spec(backbone).pooled_layer,)
+        if len(self.layers) != 1:
+            raise AnomalyError(f"--layers: {self.name} reads one layer, got {len(self.layers)}")
+        self.seed, self.batch_size = seed, batch_size
+
+    def pooled_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, C) globally average-pooled features, float64."""
+        return self.run_batched(self._pooled, images).astype(np.float64)
+
+    def _pooled(self, x):
+        return tf.reduce_mean(self.extractor(x)[0], axis=(1, 2))
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        """(N,) anomaly scores of pooled features, higher = more anomalous."""
+        raise NotImplementedError
+
+    def anomaly_maps(self, images: np.ndarray, method: str = "", dtype: str = "float64",
+                     batch_size: int | None = None, return_reconstructions: bool = False):
+        """(N, H, W) float32 maps holding each image's score everywhere."""
+        if method not in self.methods or dtype != "float64":
+            raise AnomalyError(f"--method/--dtype: {self.name} maps are {self.methods[0]}/float64, got {method}/{dtype}")
+        scores = self.score_features(self.pooled_features(images)).astype(np.float32)
+        maps = np.broadcast_to(scores[:, None, None], (len(scores), *self.input_shape[:2])).copy()
+        return (maps, None) if return_reconstructions else maps
+
+    def _load_arrays(self, model_file: Path, names: tuple[str, ...]) -> list[np.ndarray]:
+        try:
+            with np.load(model_file) as data:
+                return [data[n] for n in names]
+        except (OSError, KeyError, ValueError) as exc:
+            raise AnomalyError(f"-p {model_file}: cannot load {self.name} features ({exc})") from None
+
+
+class KNNDetector(_PooledFeatureDetector):
+    """Mean distance to the k nearest training images in a high-variance feature subspace.
+
+    As seed 003 (ResNet50 + KNN): of the pooled features, the `n_dims` dimensions with the
+    largest standard deviation over the training images are kept; the score is the mean
+    Euclidean distance to the `k` nearest training images (fewer when there are fewer).
+
+    Args:
+        k: neighbours averaged.
+        n_dims: feature dimensions kept.
+    """
+
+    methods = ("knn",)
+    name = "knn"
+    finetune_defaults = {"method": "knn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
+
+    def __init__(self, input_shape, backbone="efficientnet_lite0", weights="imagenet", layers=(), k: int = 50,
+                 n_dims: int = 500, seed: int = 0, batch_size: int = 16):
+        super().__init__(input_shape, backbone, weights, layers, seed, batch_size)
+        self.k, self.n_dims = k, n_dims
+
+    @classmethod
+    def from_config(cls, config) -> "KNNDetector":
+        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.knn_k,
+                   config.knn_dims, config.seed)
+
+    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "KNNDetector":
+        """Keep the training features `bank_` (N, n_dims) and the chosen dimensions `dims_`."""
+        features = self.pooled_features(images)
+        # stable sort: ties keep the lower index, so the choice is reproducible
+        self.dims_ = np.sort(np.argsort(-features.std(axis=0), kind="stable")[:self.n_dims])
+        self.bank_ = features[:, self.dims_]
+        return self
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        from sklearn.metrics import pairwise_distances
+
+        d = pairwise_distances(features[:, self.dims_], self.bank_)
+        k = min(self.k, self.bank_.shape[0])
+        return np.sort(d, axis=1)[:, :k].mean(axis=1)
+
+    def summary(self) -> dict:
+        return {"bank_size": int(len(self.bank_)), "feature_dim": int(self.bank_.shape[1]),
+                "bank_mb": self.bank_.nbytes / 2 ** 20, "layers": list(self.layers)}
+
+    def save(self, path: Path) -> None:
+        np.savez(path, bank=self.bank_, dims=self.dims_)
+
+    @classmethod
+    def load(cls, config, model_file: Path) -> "KNNDetector":
+        det = cls.from_config(config)
+        det.bank_, det.dims_ = det._load_arrays(model_file, ("bank", "dims"))
+        return det
+
+
+class KMeansDetector(_PooledFeatureDetector):
+    """Distance to the nearest KMeans centroid of the training images' pooled features (seed 001).
+
+    Args:
+        n_clusters: centroids (2, as seed 001).
+    """
+
+    methods = ("kmeans",)
+    name = "kmeans"
+    finetune_defaults = {"method": "kmeans", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
+
+    def __init__(self, input_shape, backbone="efficientnet_lite0", weights="imagenet", layers=(),
+                 n_clusters: int = 2, seed: int = 0, batch_size: int = 16):
+        super().__init__(input_shape, backbone, weights, layers, seed, batch_size)
+        self.n_clusters = n_clusters
+
+    @classmethod
+    def from_config(cls, config) -> "KMeansDetector":
+        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.kmeans_clusters,
+                   config.seed)
+
+    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "KMeansDetector":
+        """Learn `centroids_` (n_clusters, C)."""
+        from sklearn.cluster import KMeans
+
+        features = self.pooled_features(images)
+        if len(features) < self.n_clusters:
+            raise AnomalyError(f"--kmeans-clusters: {self.n_clusters} clusters need at least as many training "
+                               f"images, found {len(features)}")
+        self.centroids_ = KMeans(self.n_clusters, n_init=10, random_state=self.seed).fit(features).cluster_centers_
+        return self
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        from sklearn.metrics import pairwise_distances
+
+        return pairwise_distances(features, self.centroids_).min(axis=1)
+
+    def summary(self) -> dict:
+        return {"bank_size": int(len(self.centroids_)), "feature_dim": int(self.centroids_.shape[1]),
+                "bank_mb": self.centroids_.nbytes / 2 ** 20, "layers": list(self.layers)}
+
+    def save(self, path: Path) -> None:
+        np.savez(path, centroids=self.centroids_)
+
+    @classmethod
+    def load(cls, config, model_file: Path) -> "KMeansDetector":
+        det = cls.from_config(config)
+        (det.centroids_,) = det._load_arrays(model_file, ("centroids",))
+        return det

@@ -1,0 +1,191 @@
+"""PatchCore: a memory bank of locally aware patch features of defect-free images.
+
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022. Each image
+position gets a feature from two mid-level backbone layers (3x3 local average, the coarser map
+upsampled to the finer grid, concatenated). A greedy k-centre coreset of all training patches
+is the memory bank; a test patch's score is its distance to the nearest bank feature, the map
+is the score grid upsampled bilinearly and smoothed with a Gaussian (sigma 4 px), and the
+image score is the map's maximum.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from anomaly.detectors.base import Detector
+from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
+from anomaly.errors import AnomalyError
+
+
+def greedy_coreset(features: np.ndarray, n: int, projection_dim: int = 128, n_starts: int = 10,
+                   seed: int = 0) -> np.ndarray:
+    """Indices of `n` features chosen by approximate greedy k-centre (farthest-point) selection.
+
+    As the official implementation: distances are measured after a random linear projection to
+    `projection_dim` dimensions (Johnson-Lindenstrauss), and every point starts with its mean
+    distance to `n_starts` random points, so the first pick is already far from the bulk.
+
+    Args:
+        features: (N, D) float32.
+        n: how many to select (<= N).
+        projection_dim: dimensions of the projection; no projection when >= D.
+        n_starts: random starting points.
+        seed: seeds the projection and the starting points.
+
+    Returns:
+        (n,) int64 indices, in selection order.
+    """
+    rng = np.random.default_rng(seed)
+    x = np.asarray(features, np.float32)
+    if projection_dim < x.shape[1]:
+        bound = 1.0 / np.sqrt(x.shape[1])
+        x = x @ rng.uniform(-bound, bound, (x.shape[1], projection_dim)).astype(np.float32)
+    starts = rng.choice(len(x), size=min(n_starts, len(x)), replace=False)
+    return _greedy(tf.constant(x), tf.constant(starts, tf.int32), tf.constant(int(n))).numpy().astype(np.int64)
+
+
+@tf.function(reduce_retracing=True)
+def _greedy(x, starts, n):
+    squared = tf.reduce_sum(x * x, axis=1)
+
+    def distance(c):
+        return tf.sqrt(tf.maximum(squared - 2.0 * tf.linalg.matvec(x, c) + tf.reduce_sum(c * c), 0.0))
+
+    anchor = tf.reduce_mean(tf.map_fn(distance, tf.gather(x, starts)), axis=0)
+    chosen = tf.TensorArray(tf.int32, size=n)
+    for i in tf.range(n):
+        idx = tf.cast(tf.argmax(anchor), tf.int32)
+        chosen = chosen.write(i, idx)
+        anchor = tf.minimum(anchor, distance(x[idx]))
+    return chosen.stack()
+
+
+def nearest_distances(queries: tf.Tensor, bank: tf.Tensor, bank_sq: tf.Tensor, k: int = 1) -> tuple[tf.Tensor, tf.Tensor]:
+    """Euclidean distances and indices of the k nearest bank rows for each query row.
+
+    Exact search as one matrix product, ||q||^2 - 2 q.b + ||b||^2, the fastest exact method
+    on CPU here (see scripts/benchmark_nn.py).
+
+    Returns:
+        ((Q, k) distances, (Q, k) int32 indices), nearest first.
+    """
+    d2 = tf.reduce_sum(queries * queries, axis=1, keepdims=True) - 2.0 * tf.matmul(queries, bank, transpose_b=True) \
+        + bank_sq[None, :]
+    if k == 1:
+        idx = tf.argmin(d2, axis=1, output_type=tf.int32)[:, None]
+        best = tf.gather(d2, idx, batch_dims=1)
+    else:
+        neg, idx = tf.math.top_k(-d2, k)
+        best = -neg
+    return tf.sqrt(tf.maximum(best, 0.0)), idx
+
+
+class PatchCoreDetector(BackboneDetectorMixin, Detector):
+    """PatchCore with a coreset memory bank.
+
+    Args:
+        input_shape: (H, W, C) of the images.
+        backbone: a name from `anomaly.backbones.list_backbones()`.
+        weights: "imagenet", "random" or a weights file.
+        layers: the two layers whose patch features are concatenated; empty for the
+            backbone's defaults.
+        coreset_ratio: share of all training patches kept in the memory bank (1 keeps all).
+        num_neighbors: a patch's score is its mean distance to this many nearest bank features.
+        reweight: scale each image's map by the paper's weight 1 - softmax of the distances
+            from its most anomalous patch to the 9 bank neighbours of that patch's nearest
+            feature (so the image score, the map maximum, is the re-weighted score).
+        map_sigma: Gaussian sigma (pixels) smoothing the upsampled map.
+        seed: seeds the coreset.
+        batch_size: images per forward pass.
+    """
+
+    methods = ("nn",)
+    file_suffix = ".npz"
+    finetune_defaults = {"method": "nn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
+    reweight_neighbors = 9
+
+    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                 layers: tuple[str, ...] = (), coreset_ratio: float = 0.01, num_neighbors: int = 1,
+                 reweight: bool = False, map_sigma: float = 4.0, seed: int = 0, batch_size: int = 8):
+        from anomaly.backbones import backbone_spec
+
+        self.input_shape = tuple(input_shape)
+        self.backbone, self.weights = backbone, weights
+        self.layers = tuple(layers) or backbone_spec(backbone).patch_layers
+        self.coreset_ratio, self.num_neighbors, self.reweight = coreset_ratio, num_neighbors, reweight
+        self.map_sigma, self.seed, self.batch_size = map_sigma, seed, batch_size
+
+    @classmethod
+    def from_config(cls, config) -> "PatchCoreDetector":
+        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.coreset_ratio,
+                   config.num_neighbors, config.reweight, config.map_sigma, config.seed)
+
+    def patch_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, h, w, D) locally aware patch features."""
+        return self.run_batched(self._local_patches, images)
+
+    def _local_patches(self, x):
+        return local_patches(self.extractor(x))
+
+    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "PatchCoreDetector":
+        """Build the memory bank `memory_bank_` (M, D) from defect-free images."""
+        features = self.patch_features(images)
+        self.grid_ = features.shape[1:3]
+        features = features.reshape(-1, features.shape[-1])
+        n = max(1, int(round(len(features) * self.coreset_ratio)))
+        if n < len(features):
+            features = features[greedy_coreset(features, n, seed=self.seed)]
+        self.memory_bank_ = np.ascontiguousarray(features, np.float32)
+        self.forget_traces()
+        return self
+
+    def summary(self) -> dict:
+        return {"bank_size": int(len(self.memory_bank_)), "feature_dim": int(self.memory_bank_.shape[1]),
+                "bank_mb": self.memory_bank_.nbytes / 2 ** 20, "layers": list(self.layers)}
+
+    def _maps(self, x):
+        """Maps of an image batch (traced once; the bank becomes a constant of the graph)."""
+        bank = tf.constant(self.memory_bank_)
+        bank_sq = tf.reduce_sum(bank * bank, axis=1)
+        k = min(self.num_neighbors, len(self.memory_bank_))
+        b = min(self.reweight_neighbors, len(self.memory_bank_))
+        f = local_patches(self.extractor(x))
+        n, h, w = tf.shape(f)[0], tf.shape(f)[1], tf.shape(f)[2]
+        flat = tf.reshape(f, (-1, f.shape[-1]))
+        dist, idx = nearest_distances(flat, bank, bank_sq, k)
+        grid = tf.reshape(tf.reduce_mean(dist, axis=1), (n, h, w))
+        maps = to_full_map(grid, self.input_shape[:2], self.map_sigma)
+        if self.reweight:
+            per_image = tf.reshape(grid, (n, -1))
+            worst = tf.argmax(per_image, axis=1, output_type=tf.int32)
+            patch = tf.gather(tf.reshape(f, (n, h * w, -1)), worst, batch_dims=1)      # (n, D)
+            nearest = tf.gather(tf.reshape(idx[:, 0], (n, h * w)), worst, batch_dims=1)  # (n,)
+            _, neighbours = nearest_distances(tf.gather(bank, nearest), bank, bank_sq, b)  # (n, b)
+            delta = tf.norm(patch[:, None, :] - tf.gather(bank, neighbours), axis=-1)    # (n, b)
+            weight = 1.0 - tf.nn.softmax(delta, axis=1)[:, 0]
+            maps = maps * weight[:, None, None]
+        return maps
+
+    def anomaly_maps(self, images: np.ndarray, method: str = "nn", dtype: str = "float64",
+                     batch_size: int | None = None, return_reconstructions: bool = False):
+        """(N, H, W) float32 maps: distance of each patch to the memory bank, upsampled and smoothed."""
+        if method not in self.methods or dtype != "float64":
+            raise AnomalyError(f"--method/--dtype: patchcore maps are nn/float64, got {method}/{dtype}")
+        maps = self.run_batched(self._maps, images, batch_size)
+        return (maps, None) if return_reconstructions else maps
+
+    def save(self, path: Path) -> None:
+        np.savez(path, memory_bank=self.memory_bank_, grid=np.array(self.grid_))
+
+    @classmethod
+    def load(cls, config, model_file: Path) -> "PatchCoreDetector":
+        det = cls.from_config(config)
+        try:
+            with np.load(model_file) as data:
+                det.memory_bank_, det.grid_ = data["memory_bank"], tuple(data["grid"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise AnomalyError(f"-p {model_file}: cannot load a patchcore memory bank ({exc})") from None
+        return det

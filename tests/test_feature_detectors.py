@@ -1,0 +1,145 @@
+"""Feature detectors: their building blocks, and each one through train -> finetune -> test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from anomaly.cli import finetune as finetune_cli
+from anomaly.cli import test as test_cli
+from anomaly.cli import train as train_cli
+from anomaly.cli.common import run
+from anomaly.detectors.features import local_patches, to_full_map
+from anomaly.detectors.patchcore import greedy_coreset, nearest_distances
+from tests.conftest import train_args
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ANOMALY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "anomaly-cache"))
+
+
+def test_greedy_coreset_covers_every_cluster_first():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [100, 0], [0, 100], [100, 100]], np.float32)
+    points = np.concatenate([c + rng.normal(0, 1, (50, 2)) for c in centres]).astype(np.float32)
+    chosen = greedy_coreset(points, 4, projection_dim=128, seed=0)
+    assert sorted(set(chosen // 50)) == [0, 1, 2, 3]  # one point from each cluster
+    np.testing.assert_array_equal(chosen, greedy_coreset(points, 4, seed=0))
+
+
+def test_nearest_distances_match_brute_force():
+    rng = np.random.default_rng(1)
+    q, b = rng.normal(size=(30, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
+    full = np.linalg.norm(q[:, None] - b[None], axis=-1)
+    bank = tf.constant(b)
+    d, idx = nearest_distances(tf.constant(q), bank, tf.reduce_sum(bank * bank, 1), k=3)
+    np.testing.assert_allclose(d.numpy(), np.sort(full, axis=1)[:, :3], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(idx.numpy()[:, 0], full.argmin(axis=1))
+
+
+def test_local_patches_average_inside_the_map_and_align_scales():
+    fine = tf.reshape(tf.range(16, dtype=tf.float32), (1, 4, 4, 1))
+    coarse = tf.ones((1, 2, 2, 3))
+    out = local_patches([fine, coarse]).numpy()
+    assert out.shape == (1, 4, 4, 4)
+    assert out[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))  # corner: 4 pixels, no zero padding
+    np.testing.assert_allclose(out[..., 1:], 1.0)
+
+
+def test_full_map_keeps_a_constant_and_centres_a_peak():
+    np.testing.assert_allclose(to_full_map(tf.fill((1, 8, 8), 2.0), (64, 64), 4.0).numpy(), 2.0, rtol=1e-5)
+    peak = np.zeros((1, 9, 9), np.float32)
+    peak[0, 4, 4] = 1.0
+    out = to_full_map(tf.constant(peak), (72, 72), 2.0).numpy()[0]
+    assert np.unravel_index(out.argmax(), out.shape) in {(35, 35), (35, 36), (36, 35), (36, 36)}
+
+
+FEATURE_DETECTORS = [("patchcore", []), ("fre", []), ("fre-tae", ["-e", "3"]), ("knn", []), ("kmeans", []),
+                     ("feature-ae", ["-e", "2"])]
+
+
+@pytest.mark.parametrize("detector, extra", FEATURE_DETECTORS)
+def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, tmp_path):
+    assert train_cli.main(train_args(demo_root, tmp_path, "-a", detector, *extra)) == 0
+    (model_file,) = tmp_path.rglob(f"{detector}.npz")
+    model_dir = model_file.parent
+    assert model_dir.parent.name == "efficientnet_lite0"  # the variant level is the backbone
+    info = json.loads((model_dir / "detector.json").read_text())
+    assert info["fit_seconds"] > 0
+    assert finetune_cli.main(["-p", str(model_file), "-q"]) == 0
+    (result,) = model_dir.glob("finetune/*/finetune.json")
+    params = json.loads(result.read_text())
+    assert params["mode"] == "normal-only" and params["finetune_images"] == []
+    assert test_cli.main(["-p", str(model_dir), "--save", "-q"]) == 0
+    metrics = json.loads((model_dir / "test" / result.parent.name / "metrics.json").read_text())
+    assert 0.0 <= metrics["image_auroc"] <= 1.0
+    saved = np.load(next((model_dir / "test").rglob("*.npy")))
+    assert saved.shape == (64, 64) and saved.dtype == np.float32
+    if detector in ("knn", "kmeans"):
+        assert metrics["pixel_auroc"] is None and metrics["aupro_0.3"] is None  # image-level
+        assert np.ptp(saved) == 0
+    else:
+        assert 0.0 <= metrics["pixel_auroc"] <= 1.0 and 0.0 <= metrics["aupro_0.3"] <= 1.0
+
+
+def test_patchcore_bank_is_seeded_and_sized_by_the_ratio(demo_root, tmp_path):
+    from anomaly.config import load_train_config
+    from anomaly.data.io import read_images
+    from anomaly.detectors.patchcore import PatchCoreDetector
+
+    config = load_train_config({"data_dir": str(demo_root), "architecture": "patchcore", "input_size": 64,
+                                "coreset_ratio": 0.05})
+    images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
+    a = PatchCoreDetector.from_config(config).fit(images)
+    b = PatchCoreDetector.from_config(config).fit(images)
+    n_patches = len(images) * 16 * 16  # stride-4 grid of a 64 px image
+    assert len(a.memory_bank_) == round(n_patches * 0.05)
+    np.testing.assert_array_equal(a.memory_bank_, b.memory_bank_)
+    # A training image's patches are in (or near) the bank; a flipped one is farther away.
+    maps = a.anomaly_maps(np.concatenate([images[:2], images[:2, ::-1, ::-1]]))
+    assert maps.shape == (4, 64, 64) and maps[:2].mean() < maps[2:].mean()
+
+
+def test_patchcore_reweighting_scales_each_map_by_a_weight_below_one(demo_root):
+    from anomaly.config import load_train_config
+    from anomaly.data.io import read_images
+    from anomaly.detectors.patchcore import PatchCoreDetector
+
+    config = load_train_config({"data_dir": str(demo_root), "architecture": "patchcore", "input_size": 64,
+                                "coreset_ratio": 0.1})
+    images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
+    plain = PatchCoreDetector.from_config(config).fit(images[:8])
+    test = read_images(sorted((demo_root / "test").rglob("*.png"))[:3], "rgb", (64, 64))
+    config.reweight = True
+    reweighted = PatchCoreDetector.from_config(config)
+    reweighted.memory_bank_, reweighted.grid_ = plain.memory_bank_, plain.grid_
+    ratio = reweighted.anomaly_maps(test).max(axis=(1, 2)) / plain.anomaly_maps(test).max(axis=(1, 2))
+    assert np.all((ratio > 0) & (ratio < 1))
+
+
+def test_fre_pca_keeps_the_asked_variance_and_reconstructs_training_features(demo_root):
+    from anomaly.config import load_train_config
+    from anomaly.data.io import read_images
+    from anomaly.detectors.fre import FREDetector
+
+    config = load_train_config({"data_dir": str(demo_root), "architecture": "fre", "input_size": 64,
+                                "pca_variance": 0.9})
+    images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
+    det = FREDetector.from_config(config).fit(images)
+    assert 1 <= len(det.components_) < len(images)
+    np.testing.assert_allclose(det.components_ @ det.components_.T, np.eye(len(det.components_)), atol=1e-4)
+    noise = np.random.default_rng(0).random(images[:4].shape).astype(np.float32)
+    assert det.anomaly_maps(images[:4]).mean() < det.anomaly_maps(noise).mean()
+
+
+def test_feature_detector_bad_options_exit_2(demo_root, tmp_path, capsys):
+    for flags, expected in ((["--backbone", "vgg"], "--backbone"), (["--coreset-ratio", "0"], "--coreset-ratio"),
+                            (["--layers", "nope"], "--layers"), (["--weights", str(tmp_path / "w.pth")], "--weights")):
+        assert run(train_cli.main, train_args(demo_root, tmp_path / "out", "-a", "patchcore", *flags)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
+        assert not (tmp_path / "out").exists()  # nothing is written for a bad option
