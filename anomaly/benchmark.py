@@ -36,13 +36,15 @@ from anomaly.errors import AnomalyError
 
 COLUMNS = ("dataset", "category", "detector", "variant", "seed", "image_auroc", "pixel_auroc", "aupro_0.3",
            "balanced_accuracy", "f1", "fit_seconds", "test_images_per_second", "peak_memory_mb", "model_dir")
-EXTRA_COLUMNS = ("mode", "method", "smooth", "normalize", "epochs", "epochs_trained", "input_size", "lr", "run_seconds", "status", "error")
+EXTRA_COLUMNS = ("mode", "method", "smooth", "normalize", "epochs", "epochs_trained", "input_size", "lr",
+                 "bank_size", "bank_mb", "run_seconds", "status", "error")
 KEY_COLUMNS = COLUMNS[:5]
 # The settings a recorded row was made with; a skipped row made with others gets a warning.
 SETTING_COLUMNS = ("mode", "smooth", "normalize", "epochs", "input_size", "lr")
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro_0.3", "balanced_accuracy", "f1")
 DEFAULT_DETECTORS = ("mvtecCAE", "pixel-gaussian")
 DEFAULT_LOSSES = ("ssim",)
+DEFAULT_BACKBONES = ("efficientnet_lite0",)
 PLOT_FILES = ("roc.png", "pro.png", "hist.png", "examples.png")
 NO_VARIANT = "none"
 MAX_DEPTH = 2
@@ -138,7 +140,7 @@ def _unique(values: Iterable) -> list:
     return list(dict.fromkeys(values))
 
 
-def check_names(detectors: Sequence[str], losses: Sequence[str]) -> None:
+def check_names(detectors: Sequence[str], losses: Sequence[str], backbones: Sequence[str] = DEFAULT_BACKBONES) -> None:
     """Reject unknown detector or loss names with one line naming the flag.
 
     Raises:
@@ -155,17 +157,26 @@ def check_names(detectors: Sequence[str], losses: Sequence[str]) -> None:
     for loss in losses:
         if loss not in LOSSES:
             raise AnomalyError(f"-l/--losses: unknown loss '{loss}': expected one of {', '.join(LOSSES)}")
+    from anomaly.backbones import list_backbones
+
+    for backbone in backbones:
+        if backbone not in list_backbones():
+            raise AnomalyError(f"--backbones: unknown backbone '{backbone}': expected one of "
+                               f"{', '.join(list_backbones())}")
 
 
-def variants(detector: str, losses: Sequence[str]) -> list[str]:
-    """The variants of a detector in the grid: the losses of an autoencoder, else just "none"."""
-    from anomaly.detectors import is_autoencoder
+def variants(detector: str, losses: Sequence[str], backbones: Sequence[str] = DEFAULT_BACKBONES) -> list[str]:
+    """The variants of a detector in the grid: the losses of an autoencoder, the backbones of a
+    feature detector, else just "none"."""
+    from anomaly.detectors import is_autoencoder, uses_backbone
 
-    return list(losses) if is_autoencoder(detector) else [NO_VARIANT]
+    if is_autoencoder(detector):
+        return list(losses)
+    return list(backbones) if uses_backbone(detector) else [NO_VARIANT]
 
 
 def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequence[str],
-              seeds: Sequence[int]) -> list[Run]:
+              seeds: Sequence[int], backbones: Sequence[str] = DEFAULT_BACKBONES) -> list[Run]:
     """The runs of a grid, in the order they run (category, detector, variant, seed).
 
     Args:
@@ -173,6 +184,7 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
         detectors: detector names.
         losses: losses of the autoencoders (detectors without a loss run once per seed).
         seeds: training seeds.
+        backbones: backbones of the feature detectors.
 
     Returns:
         The runs.
@@ -184,10 +196,10 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
     """
     from anomaly.data.dataset import find_dataset
 
-    detectors, losses, seeds = _unique(detectors), _unique(losses), _unique(seeds)
-    if not detectors or not losses or not seeds or not data:
-        raise AnomalyError("-d, -a, -l and --seeds each need at least one value")
-    check_names(detectors, losses)
+    detectors, losses, seeds, backbones = _unique(detectors), _unique(losses), _unique(seeds), _unique(backbones)
+    if not detectors or not losses or not seeds or not data or not backbones:
+        raise AnomalyError("-d, -a, -l, --backbones and --seeds each need at least one value")
+    check_names(detectors, losses, backbones)
     categories: dict[Path, None] = {}
     for path in data:
         for category in find_categories(path):
@@ -204,7 +216,7 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
         seen[name] = category
     return [Run(category, category.parent.name or "data", category.name, detector, variant, int(seed))
             for category in categories for detector in detectors
-            for variant in variants(detector, losses) for seed in seeds]
+            for variant in variants(detector, losses, backbones) for seed in seeds]
 
 
 def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | None, lr: float | None,
@@ -222,7 +234,7 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         and lr.
     """
     from anomaly.config import load_train_config
-    from anomaly.detectors import is_autoencoder
+    from anomaly.detectors import is_autoencoder, uses_backbone
     from anomaly.finetune import MODES
 
     if mode not in MODES:
@@ -234,13 +246,17 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         overrides = {"architecture": run.detector, "epochs": epochs, "input_size": input_size, "lr": lr}
         if is_autoencoder(run.detector):
             overrides["loss"] = run.variant
+        elif uses_backbone(run.detector):
+            overrides["backbone"] = run.variant
         overrides = {k: v for k, v in overrides.items() if v is not None}
         config = load_train_config({**overrides, "data_dir": str(run.data_dir), "seed": run.seed})
-        # Epochs and learning rate mean nothing to a detector fitted in one pass (pixel-gaussian).
+        # Epochs mean nothing to a detector fitted in one pass, the learning rate nothing to a
+        # detector without the autoencoders' schedule.
         trained = is_autoencoder(run.detector)
+        epochs_used = trained or run.detector in ("fre-tae", "feature-ae")
         settings[(run.detector, run.variant)] = {
-            "overrides": overrides, "epochs": config.epochs if trained else None, "input_size": config.input_size,
-            "lr": config.lr if trained else None, "mode": mode,
+            "overrides": overrides, "epochs": config.epochs if epochs_used else None,
+            "input_size": config.input_size, "lr": config.lr if trained else None, "mode": mode,
             # --map applies to autoencoders; other detectors keep their own map.
             "method": method if trained else None, "smooth": smooth, "normalize": normalize}
     return settings
@@ -356,7 +372,7 @@ _TABLE = (("dataset", "dataset", None), ("category", "category", None), ("detect
           ("pixel AUROC", "pixel_auroc", 3), ("AUPRO@0.3", "aupro_0.3", 3),
           ("bal. acc.", "balanced_accuracy", 3), ("F1", "f1", 3), ("fit s", "fit_seconds", 1),
           ("test img/s", "test_images_per_second", 1), ("peak MB", "peak_memory_mb", 0),
-          ("status", "status", None))
+          ("bank", "bank_size", None), ("status", "status", None))
 
 
 def _table_cells(rows: Iterable[dict]) -> list[list[str]]:
@@ -386,7 +402,8 @@ def results_markdown(rows: Iterable[dict], machine: dict | None = None) -> str:
                  f"Python {machine.get('python')}")
         lines += [facts, "", f"    {machine.get('command', '')}", ""]
     legend = ("Test metrics exclude the images used for finetuning. fit s: wall time of fitting; "
-              "test img/s: test images per second end to end; peak MB: the run's peak resident memory. "
+              "test img/s: test images per second end to end; peak MB: the run's peak resident memory; "
+              "bank: the memory bank's size (patchcore: patches, knn: images, kmeans: centroids). "
               "Model directories (`model_dir` in results.csv) are relative to this folder.")
     lines += [legend, ""]
     aligns = ["---" if dec is None else "---:" for _, _, dec in _TABLE]
@@ -469,7 +486,7 @@ def _row(run: Run, settings: dict, result: dict, seconds: float, output_dir: Pat
            "normalize": settings.get("normalize"), "epochs": settings["epochs"],
            "input_size": settings["input_size"], "lr": settings["lr"], "run_seconds": round(seconds, 1)}
     for key in METRIC_COLUMNS + ("fit_seconds", "test_images_per_second", "peak_memory_mb", "method",
-                                 "epochs_trained", "status", "error"):
+                                 "epochs_trained", "bank_size", "bank_mb", "status", "error"):
         if key in result:
             row[key] = result[key]
     if result.get("model_dir"):
@@ -484,8 +501,9 @@ def _row(run: Run, settings: dict, result: dict, seconds: float, output_dir: Pat
     for key in ("fit_seconds", "test_images_per_second"):
         if isinstance(row.get(key), float):
             row[key] = round(row[key], 2)
-    if isinstance(row.get("peak_memory_mb"), float):
-        row["peak_memory_mb"] = round(row["peak_memory_mb"], 1)
+    for key in ("peak_memory_mb", "bank_mb"):
+        if isinstance(row.get(key), float):
+            row[key] = round(row[key], 2)
     return {k: _csv_value(v) for k, v in row.items()}
 
 
@@ -504,6 +522,7 @@ def _differences(row: dict, settings: dict) -> list[str]:
 
 def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT_DETECTORS,
                   losses: Sequence[str] = DEFAULT_LOSSES, seeds: Sequence[int] = (0,),
+                  backbones: Sequence[str] = DEFAULT_BACKBONES,
                   output_dir: str | Path | None = None, epochs: int | None = None,
                   input_size: int | None = None, lr: float | None = None, mode: str = "normal-only",
                   progress: bool = True, command: str | None = None, method: str | None = None,
@@ -518,6 +537,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         detectors: detector names (autoencoders and baselines).
         losses: losses of the autoencoders.
         seeds: training seeds.
+        backbones: backbones of the feature detectors.
         output_dir: the benchmark folder; benchmarks/<YYYY-MM-DD> when None.
         epochs: the training epoch cap; the configuration's when None.
         input_size: the image size; the configuration's when None.
@@ -536,7 +556,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
     Raises:
         AnomalyError: bad input, before anything is written.
     """
-    runs = plan_grid(data, detectors, losses, seeds)
+    runs = plan_grid(data, detectors, losses, seeds, backbones)
     settings = resolve_settings(runs, epochs, input_size, lr, mode, method, smooth, normalize)
     output_dir = Path(output_dir) if output_dir else default_output_dir()
     csv_path, md_path = output_dir / "results.csv", output_dir / "results.md"

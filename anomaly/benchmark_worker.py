@@ -70,6 +70,10 @@ def run(args: dict) -> dict:
               "test_images_per_second": metrics.get("images_per_second"), "peak_memory_mb": peak,
               **{k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro_0.3", "balanced_accuracy",
                                              "f1")}}
+    info = outcome.model_dir / "detector.json"
+    if info.exists():
+        summary = json.loads(info.read_text())
+        result.update({k: summary[k] for k in ("bank_size", "bank_mb") if k in summary})
     title = f"{Path(args['data_dir']).parent.name}/{Path(args['data_dir']).name} {args['detector']} " \
             f"{args['variant']} seed {args['seed']}"
     try:

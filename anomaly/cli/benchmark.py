@@ -1,4 +1,4 @@
-"""anomaly-benchmark: train, finetune and test a grid of detectors x losses x seeds on dataset categories."""
+"""anomaly-benchmark: train, finetune and test a grid of detectors x losses/backbones x seeds on dataset categories."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detectors (default: mvtecCAE pixel-gaussian)")
     p.add_argument("-l", "--losses", nargs="+", default=["ssim"], metavar="LOSS",
                    help="losses of the autoencoders: ssim (default), mssim, l2 (pixel-gaussian has none)")
+    p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0"], metavar="NAME",
+                   help="backbones of the feature detectors (default efficientnet_lite0)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="training seeds (default 0)")
     p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from the configuration)")
     p.add_argument("--input-size", type=int, help="image size (default from the configuration)")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir or default_output_dir()
     command = " ".join(["anomaly-benchmark", *(sys.argv[1:] if argv is None else argv)])
     rows = run_benchmark(args.data, detectors=args.architectures, losses=args.losses, seeds=args.seeds,
-                         output_dir=output_dir, epochs=args.epochs, input_size=args.input_size,
+                         backbones=args.backbones, output_dir=output_dir, epochs=args.epochs, input_size=args.input_size,
                          lr=args.lr, mode=args.mode, progress=not args.quiet, command=command,
                          method=args.method, smooth=args.smooth, normalize=args.normalize)
     print(format_table(rows))
