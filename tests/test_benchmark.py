@@ -127,8 +127,19 @@ def test_grid_has_one_variant_for_pixel_gaussian(demo_root):
         ("pixel-gaussian", "none", 0), ("pixel-gaussian", "none", 1)]
 
 
+def test_feature_detectors_vary_by_backbone(demo_root):
+    runs = benchmark.plan_grid([demo_root], ["patchcore", "knn"], ["ssim"], [0],
+                               backbones=["efficientnet_lite0", "mobilenet_v2"])
+    assert [(r.detector, r.variant) for r in runs] == [
+        ("patchcore", "efficientnet_lite0"), ("patchcore", "mobilenet_v2"),
+        ("knn", "efficientnet_lite0"), ("knn", "mobilenet_v2")]
+    settings = benchmark.resolve_settings(runs, None, None, None, "normal-only")
+    assert settings[("knn", "mobilenet_v2")]["overrides"]["backbone"] == "mobilenet_v2"
+    assert settings[("patchcore", "efficientnet_lite0")]["epochs"] is None  # fitted in one pass
+
+
 @pytest.mark.parametrize("flag, value, needle", [("-a", "fooCAE", "--architectures"), ("-l", "huber", "--losses"),
-                                                 ("--mode", "supervised", "--mode")])
+                                                 ("--mode", "supervised", "--mode"), ("--backbones", "vgg", "--backbones")])
 def test_unknown_names_exit_2_before_anything_is_written(flag, value, needle, demo_root, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(benchmark_cli.main, _args(demo_root, out, flag, value)) == 2

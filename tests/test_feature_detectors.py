@@ -13,7 +13,7 @@ from anomaly.cli import test as test_cli
 from anomaly.cli import train as train_cli
 from anomaly.cli.common import run
 from anomaly.detectors.features import local_patches, to_full_map
-from anomaly.detectors.patchcore import greedy_coreset, nearest_distances
+from anomaly.detectors.patchcore import augmented_bank, greedy_coreset, nearest_distances
 from tests.conftest import train_args
 
 
@@ -35,8 +35,7 @@ def test_nearest_distances_match_brute_force():
     rng = np.random.default_rng(1)
     q, b = rng.normal(size=(30, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
     full = np.linalg.norm(q[:, None] - b[None], axis=-1)
-    bank = tf.constant(b)
-    d, idx = nearest_distances(tf.constant(q), bank, tf.reduce_sum(bank * bank, 1), k=3)
+    d, idx = nearest_distances(tf.constant(q), tf.constant(augmented_bank(b)), k=3)
     np.testing.assert_allclose(d.numpy(), np.sort(full, axis=1)[:, :3], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(idx.numpy()[:, 0], full.argmin(axis=1))
 

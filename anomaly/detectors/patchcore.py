@@ -63,24 +63,38 @@ def _greedy(x, starts, n):
     return chosen.stack()
 
 
-def nearest_distances(queries: tf.Tensor, bank: tf.Tensor, bank_sq: tf.Tensor, k: int = 1) -> tuple[tf.Tensor, tf.Tensor]:
-    """Euclidean distances and indices of the k nearest bank rows for each query row.
+def augmented_bank(bank: np.ndarray) -> np.ndarray:
+    """The bank as rows [b, -||b||^2 / 2], so one product ranks it for `nearest_distances`."""
+    bank = np.asarray(bank, np.float32)
+    return np.concatenate([bank, -0.5 * np.sum(bank.astype(np.float64) ** 2, axis=1, keepdims=True)],
+                          axis=1).astype(np.float32)
 
-    Exact search as one matrix product, ||q||^2 - 2 q.b + ||b||^2, the fastest exact method
-    on CPU here (see scripts/benchmark_nn.py).
+
+def nearest_distances(queries: tf.Tensor, bank_aug: tf.Tensor, k: int = 1) -> tuple[tf.Tensor, tf.Tensor]:
+    """Euclidean distances and indices of the k nearest bank rows for each query row (exact).
+
+    ||q - b||^2 = ||q||^2 - 2 (q.b - ||b||^2 / 2): with the bank augmented by -||b||^2 / 2
+    (`augmented_bank`) and the queries by a 1, a single matrix product ranks the whole bank,
+    and the largest entries are the nearest rows. One pass over the (Q, M) product instead of
+    three keeps the search bound by the product itself (see scripts/benchmark_nn.py).
+
+    Args:
+        queries: (Q, D) float32.
+        bank_aug: (M, D + 1) from `augmented_bank`.
+        k: neighbours.
 
     Returns:
         ((Q, k) distances, (Q, k) int32 indices), nearest first.
     """
-    d2 = tf.reduce_sum(queries * queries, axis=1, keepdims=True) - 2.0 * tf.matmul(queries, bank, transpose_b=True) \
-        + bank_sq[None, :]
+    ones = tf.ones_like(queries[:, :1])
+    scores = tf.matmul(tf.concat([queries, ones], axis=1), bank_aug, transpose_b=True)
     if k == 1:
-        idx = tf.argmin(d2, axis=1, output_type=tf.int32)[:, None]
-        best = tf.gather(d2, idx, batch_dims=1)
+        idx = tf.argmax(scores, axis=1, output_type=tf.int32)[:, None]
+        best = tf.gather(scores, idx, batch_dims=1)
     else:
-        neg, idx = tf.math.top_k(-d2, k)
-        best = -neg
-    return tf.sqrt(tf.maximum(best, 0.0)), idx
+        best, idx = tf.math.top_k(scores, k)
+    d2 = tf.reduce_sum(queries * queries, axis=1, keepdims=True) - 2.0 * best
+    return tf.sqrt(tf.maximum(d2, 0.0)), idx
 
 
 class PatchCoreDetector(BackboneDetectorMixin, Detector):
@@ -149,13 +163,13 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
     def _maps(self, x):
         """Maps of an image batch (traced once; the bank becomes a constant of the graph)."""
         bank = tf.constant(self.memory_bank_)
-        bank_sq = tf.reduce_sum(bank * bank, axis=1)
+        bank_aug = tf.constant(augmented_bank(self.memory_bank_))
         k = min(self.num_neighbors, len(self.memory_bank_))
         b = min(self.reweight_neighbors, len(self.memory_bank_))
         f = local_patches(self.extractor(x))
         n, h, w = tf.shape(f)[0], tf.shape(f)[1], tf.shape(f)[2]
         flat = tf.reshape(f, (-1, f.shape[-1]))
-        dist, idx = nearest_distances(flat, bank, bank_sq, k)
+        dist, idx = nearest_distances(flat, bank_aug, k)
         grid = tf.reshape(tf.reduce_mean(dist, axis=1), (n, h, w))
         maps = to_full_map(grid, self.input_shape[:2], self.map_sigma)
         if self.reweight:
@@ -163,7 +177,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
             worst = tf.argmax(per_image, axis=1, output_type=tf.int32)
             patch = tf.gather(tf.reshape(f, (n, h * w, -1)), worst, batch_dims=1)      # (n, D)
             nearest = tf.gather(tf.reshape(idx[:, 0], (n, h * w)), worst, batch_dims=1)  # (n,)
-            _, neighbours = nearest_distances(tf.gather(bank, nearest), bank, bank_sq, b)  # (n, b)
+            _, neighbours = nearest_distances(tf.gather(bank, nearest), bank_aug, b)  # (n, b)
             delta = tf.norm(patch[:, None, :] - tf.gather(bank, neighbours), axis=-1)    # (n, b)
             weight = 1.0 - tf.nn.softmax(delta, axis=1)[:, 0]
             maps = maps * weight[:, None, None]
