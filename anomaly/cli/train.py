@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted after epoch {len(fit.history)}: best model so far (epoch {fit.best_epoch}) "
               f"saved as {outcome.model_file}\nresume with: anomaly-train --resume {outcome.model_dir}")
         return 130
-    print(f"trained {len(fit.history)} epochs in {fit.seconds:.1f} s (best epoch {fit.best_epoch}, lr {fit.lr:.3g})")
+    if fit.history:
+        print(f"trained {len(fit.history)} epochs in {fit.seconds:.1f} s (best epoch {fit.best_epoch}, lr {fit.lr:.3g})")
+    else:
+        print(f"fitted in {fit.seconds:.1f} s")
     print(f"model: {outcome.model_file}")
     print(f"next: anomaly-finetune -p {outcome.model_file}")
     return 0

@@ -118,7 +118,9 @@ class BackboneDetectorMixin:
         self.extractor  # noqa: B018 - build (and load weights) eagerly, never inside a trace
         traced = self.__dict__.setdefault("_traced", {})
         if fn.__name__ not in traced:
-            traced[fn.__name__] = tf.function(fn, reduce_retracing=True)
+            # A batch dimension of None: one trace serves every batch size, the last partial batch too.
+            spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+            traced[fn.__name__] = tf.function(fn, input_signature=[spec])
         return in_batches(traced[fn.__name__], np.asarray(images, np.float32), batch_size or self.batch_size)[0]
 
     def forget_traces(self) -> None:
