@@ -1,4 +1,4 @@
-"""anomaly-demo: make the bundled demo data, then train, finetune and test a small CAE on it."""
+"""anomaly-demo: make the bundled demo data, then train, finetune and test a small CAE and PatchCore on it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texture", default="brick", help="brick (default), grass or gravel")
     p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from configs/demo.yaml)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
+    p.add_argument("--no-patchcore", action="store_true", help="only the autoencoder")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -42,6 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         ft = finetune(outcome.model_file, method=method, progress=not args.quiet)
         print(f"finetuned {method}: min_area {ft['min_area']}, threshold {ft['threshold']:g}")
     results = evaluate(outcome.model_file, save=True, progress=not args.quiet)
+    print(f"\nmvtecCAE ({len(outcome.fit.history)} epochs):")
+    print_metrics(results)
+    for r in results:
+        print(f"pictures: {r['dir']}/images   metrics: {r['dir']}/metrics.json")
+    if args.no_patchcore:
+        return 0
+    # The same data through a feature detector: no training epochs, ImageNet features.
+    config = load_train_config({"data_dir": str(data), "output_dir": args.output_dir, "seed": args.seed,
+                                "architecture": "patchcore", "input_size": config.input_size})
+    outcome = train(config, progress=not args.quiet)
+    finetune(outcome.model_file, progress=not args.quiet)
+    results = evaluate(outcome.model_file, save=True, progress=not args.quiet)
+    print(f"\npatchcore ({config.backbone}, fitted in {outcome.fit.seconds:.0f} s):")
     print_metrics(results)
     for r in results:
         print(f"pictures: {r['dir']}/images   metrics: {r['dir']}/metrics.json")
