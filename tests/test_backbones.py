@@ -125,3 +125,16 @@ def test_keras_application_backbones_build_and_report_offline_downloads(monkeypa
     monkeypatch.setattr(keras.applications, "ResNet50", offline)
     with pytest.raises(AnomalyError, match="resnet50: cannot download its ImageNet weights.*--weights FILE"):
         build_backbone("resnet50", "imagenet", (64, 64, 3))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Keras lists every layer the wrong file lacks
+def test_keras_application_loads_a_named_weights_file(tmp_path):
+    import keras
+
+    source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
+    path = tmp_path / "mnv2_notop.weights.h5"
+    source.save_weights(path)
+    model, _ = build_backbone("mobilenet_v2", str(path), (64, 64, 3))  # another input size: fine without top
+    np.testing.assert_array_equal(model.get_layer("Conv1").get_weights()[0], source.get_layer("Conv1").get_weights()[0])
+    with pytest.raises(AnomalyError, match="--weights .*cannot load into ResNet50"):
+        build_backbone("resnet50", str(path), (64, 64, 3))
