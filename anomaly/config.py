@@ -60,6 +60,7 @@ class TrainConfig:
         knn_dims: knn: the highest-variance feature dimensions kept.
         kmeans_clusters: kmeans: number of centroids.
         latent_dim: fre-tae and feature-ae: size of the code.
+        density: cutpaste: "gde" (Gaussian, Mahalanobis distance) or "kde" (kernel density).
     """
 
     data_dir: str = ""
@@ -98,6 +99,7 @@ class TrainConfig:
     knn_dims: int = 500
     kmeans_clusters: int = 2
     latent_dim: int = 0
+    density: str = "gde"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -145,6 +147,7 @@ class TrainConfig:
         from anomaly.backbones import backbone_spec
 
         backbone_spec(self.backbone)
+        _choice("--density", self.density, ("gde", "kde"))
         if not 0 < self.coreset_ratio <= 1:
             raise AnomalyError(f"--coreset-ratio: expected a fraction in (0, 1], got {self.coreset_ratio}")
         if not 0 < self.pca_variance <= 1:

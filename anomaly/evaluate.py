@@ -68,8 +68,13 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
     predicted = classify(maps, threshold, min_area)
     seconds = time.perf_counter() - start
 
-    if params.get("image_score", "max") == "area":
+    kind = params.get("image_score", "max")
+    if kind == "area":
         scores = largest_region_areas(maps, threshold).astype(np.float64)
+    elif kind == "mean":
+        scores = maps.reshape(len(maps), -1).mean(axis=1).astype(np.float64)
+    elif kind == "detector":
+        scores = loaded.detector.image_scores(images)
     else:
         scores = image_scores(maps, params.get("score_sigma", 4.0))
     labels = np.array([s.label for s in test])

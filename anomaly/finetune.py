@@ -30,7 +30,9 @@ from anomaly.resmaps import THRESHOLD_GRID, check_method
 
 MIN_AREAS = tuple(range(5, 1005, 5))
 MODES = ("semi", "normal-only")
-SCORES = ("max", "area")
+# max: the (smoothed) map maximum; area: pixels of the largest region over the threshold;
+# mean: the map mean (FRE's squared error); detector: the detector's own image score (CutPaste).
+SCORES = ("max", "area", "mean", "detector")
 
 
 @dataclass
@@ -138,7 +140,7 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
              seed: int | None = None, progress: bool = True, mode: str = "normal-only",
              target_fpr: float = 0.05, smooth: float | None = None, score_sigma: float | None = None,
-             score: str = "max", normalize: bool | None = None) -> dict:
+             score: str | None = None, normalize: bool | None = None) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
 
     Args:
@@ -158,8 +160,9 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         score_sigma: the test's continuous image score is the maximum of each map after a
             Gaussian of this sigma (recorded here, used by test); None for the detector's
             default (4, or 0 for detectors whose maps are smoothed already).
-        score: "max" (the smoothed maximum above) or "area" (pixels in the largest region over
-            the chosen threshold).
+        score: "max" (the smoothed maximum above), "area" (pixels in the largest region over
+            the chosen threshold), "mean" (the map mean) or "detector" (the detector's own image
+            score); None for the detector's default.
         normalize: turn maps into per-pixel z-scores against the maps of the training images
             (`MapStats`, saved as map_stats.npz beside finetune.json and used by test).
 
@@ -178,12 +181,15 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     smooth = defaults["smooth"] if smooth is None else smooth
     normalize = defaults["normalize"] if normalize is None else normalize
     score_sigma = defaults.get("score_sigma", 4.0) if score_sigma is None else score_sigma
+    score = defaults.get("image_score", "max") if score is None else score
     check_method(method, dtype, loaded.detector.methods)
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed
     val = loaded.samples(cfg.extra["split"]["validation"])
     if score not in SCORES:
         raise AnomalyError(f"--score: unknown image score '{score}': expected one of {', '.join(SCORES)}")
+    if score == "detector" and not hasattr(loaded.detector, "image_scores"):
+        raise AnomalyError(f"--score detector: {cfg.architecture} has no image score of its own; use max, area or mean")
     if smooth < 0:
         raise AnomalyError(f"--smooth: expected a sigma >= 0, got {smooth}")
     _, val_maps = loaded.maps(val, method, dtype, smooth)

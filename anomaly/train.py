@@ -7,6 +7,7 @@ import io
 import platform
 import sys
 from dataclasses import dataclass
+from inspect import signature
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,10 @@ def _fit_detector(detector, config: TrainConfig, model_dir: Path, train_x: np.nd
     start = time.perf_counter()
     if progress:
         print(f"fitting {config.architecture}" + (f" on {config.backbone} features" if config.variant != "none" else ""))
-    detector.fit(train_x, val_x)
+    if "progress" in signature(detector.fit).parameters:
+        detector.fit(train_x, val_x, progress=progress)
+    else:
+        detector.fit(train_x, val_x)
     seconds = time.perf_counter() - start
     model_file = model_dir / f"{config.architecture}{detector.file_suffix}"
     tmp = model_dir / f".tmp-{model_file.name}"
@@ -142,6 +146,16 @@ def _fit_detector(detector, config: TrainConfig, model_dir: Path, train_x: np.nd
     tmp.replace(model_file)
     summary = {"fit_seconds": seconds, **(detector.summary() if hasattr(detector, "summary") else {})}
     modeldir.write_json(model_dir / "detector.json", summary)
+    if getattr(detector, "history_", None):
+        modeldir.write_text(model_dir / "history.csv", _history_csv(detector.history_))
+    if config.architecture == "cutpaste":
+        from anomaly.detectors.cutpaste import save_plots
+
+        dataset = find_dataset(config.data_dir)
+        defects = [s.path for s in dataset.test if s.label == 1][:32]
+        size = (config.input_size,) * 2
+        save_plots(detector, train_x, read_images(defects, config.color_mode, size) if defects else None,
+                   model_dir / "plots")
     if progress and "bank_size" in summary:
         print(f"memory bank: {summary['bank_size']} x {summary['feature_dim']} ({summary['bank_mb']:.1f} MiB)")
     fit = FitResult(history=[], best_epoch=0, lr_finder=None, lr=0.0, schedule=[], interrupted=False,

@@ -58,7 +58,7 @@ def test_full_map_keeps_a_constant_and_centres_a_peak():
 
 
 FEATURE_DETECTORS = [("patchcore", []), ("fre", []), ("fre-tae", ["-e", "3"]), ("knn", []), ("kmeans", []),
-                     ("feature-ae", ["-e", "2"])]
+                     ("feature-ae", ["-e", "2"]), ("cutpaste", ["-e", "2"])]
 
 
 @pytest.mark.parametrize("detector, extra", FEATURE_DETECTORS)
@@ -78,6 +78,10 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
     assert 0.0 <= metrics["image_auroc"] <= 1.0
     saved = np.load(next((model_dir / "test").rglob("*.npy")))
     assert saved.shape == (64, 64) and saved.dtype == np.float32
+    if detector == "cutpaste":  # its own image score, history and plots
+        assert params["image_score"] == "detector"
+        assert (model_dir / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
+        assert (model_dir / "plots" / "synthetic_examples.png").exists() and (model_dir / "plots" / "tsne.png").exists()
     if detector in ("knn", "kmeans"):
         assert metrics["pixel_auroc"] is None and metrics["aupro_0.3"] is None  # image-level
         assert np.ptp(saved) == 0
@@ -142,3 +146,22 @@ def test_feature_detector_bad_options_exit_2(demo_root, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
         assert not (tmp_path / "out").exists()  # nothing is written for a bad option
+
+
+def test_cutpaste_training_is_seeded_and_learns_the_pretext_task(demo_root):
+    from anomaly.config import load_train_config
+    from anomaly.data.io import read_images
+    from anomaly.detectors.cutpaste import CutPasteDetector
+
+    config = load_train_config({"data_dir": str(demo_root), "architecture": "cutpaste", "input_size": 64,
+                                "epochs": 4, "batch_size": 8})
+    images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
+    a = CutPasteDetector.from_config(config).fit(images, progress=False)
+    b = CutPasteDetector.from_config(config).fit(images, progress=False)
+    assert a.epochs == (2, 2) and len(a.history_) == 4
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]  # same seed, same run
+    np.testing.assert_array_equal(a.image_mean_, b.image_mean_)
+    scores = a.image_scores(images)
+    assert scores.shape == (len(images),) and np.all(scores >= 0)
+    maps = a.anomaly_maps(images[:2])
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()

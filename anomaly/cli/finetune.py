@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-sigma", type=float,
                    help="image score = max of the map after a Gaussian of this sigma "
                    "(default 4; 0 for detectors whose maps are smoothed already)")
-    p.add_argument("--score", default="max",
-                   help="image score: max (default, smoothed map maximum) or area (largest region over the threshold)")
+    p.add_argument("--score",
+                   help="image score: max (smoothed map maximum; the default of most detectors), area (largest "
+                   "region over the threshold), mean (map mean; fre's default) or detector (cutpaste's default)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                    help="per-pixel z-scores of the maps against the training images' maps "
                    "(default on for autoencoders, off for pixel-gaussian)")

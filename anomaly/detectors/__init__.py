@@ -17,6 +17,7 @@ FEATURE_DETECTORS = {
     "knn": ("anomaly.detectors.image_level", "KNNDetector"),
     "kmeans": ("anomaly.detectors.image_level", "KMeansDetector"),
     "feature-ae": ("anomaly.detectors.feature_ae", "FeatureAEDetector"),
+    "cutpaste": ("anomaly.detectors.cutpaste", "CutPasteDetector"),
 }
 _OTHERS = {"pixel-gaussian": ("anomaly.detectors.pixel_gaussian", "PixelGaussianDetector"), **FEATURE_DETECTORS}
 
