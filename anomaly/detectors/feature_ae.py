@@ -76,13 +76,6 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.latent_dim,
                    config.epochs, config.map_sigma, config.seed, config.batch_size, config.early_stopping)
 
-    def patch_features(self, images: np.ndarray) -> np.ndarray:
-        """(N, h, w, D) locally aware patch features, as PatchCore's."""
-        return self.run_batched(self._local_patches, images)
-
-    def _local_patches(self, x):
-        return local_patches(self.extractor(x))
-
     def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "FeatureAEDetector":
         """Train the autoencoder `model_` on the features of defect-free images."""
         from anomaly.detectors.autoencoder import set_seed

@@ -123,6 +123,13 @@ class BackboneDetectorMixin:
             traced[fn.__name__] = tf.function(fn, input_signature=[spec])
         return in_batches(traced[fn.__name__], np.asarray(images, np.float32), batch_size or self.batch_size)[0]
 
+    def patch_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, h, w, D) locally aware patch features (`local_patches`) of the detector's layers."""
+        return self.run_batched(self._local_patches, images)
+
+    def _local_patches(self, x):
+        return local_patches(self.extractor(x))
+
     def forget_traces(self) -> None:
         """Drop traced functions (after fitting changes what they close over)."""
         self.__dict__.pop("_traced", None)

@@ -137,13 +137,6 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.coreset_ratio,
                    config.num_neighbors, config.reweight, config.map_sigma, config.seed)
 
-    def patch_features(self, images: np.ndarray) -> np.ndarray:
-        """(N, h, w, D) locally aware patch features."""
-        return self.run_batched(self._local_patches, images)
-
-    def _local_patches(self, x):
-        return local_patches(self.extractor(x))
-
     def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "PatchCoreDetector":
         """Build the memory bank `memory_bank_` (M, D) from defect-free images."""
         features = self.patch_features(images)
