@@ -90,7 +90,7 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     layers: str = ""
-    coreset_ratio: float = 0.01
+    coreset_ratio: float = 0.002
     num_neighbors: int = 1
     reweight: bool = False
     map_sigma: float = 4.0

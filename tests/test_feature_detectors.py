@@ -78,6 +78,8 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
     assert 0.0 <= metrics["image_auroc"] <= 1.0
     saved = np.load(next((model_dir / "test").rglob("*.npy")))
     assert saved.shape == (64, 64) and saved.dtype == np.float32
+    if detector == "patchcore":  # one map kind: another is a one-line error
+        assert run(finetune_cli.main, ["-p", str(model_file), "-m", "ssim", "-q"]) == 2
     if detector == "cutpaste":  # its own image score, history and plots
         assert params["image_score"] == "detector"
         assert (model_dir / "history.csv").read_text().count("\n") == 3  # header + 2 epochs

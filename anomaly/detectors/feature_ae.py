@@ -56,6 +56,7 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         batch_size: images per forward pass and per training step.
     """
 
+    name = "feature-ae"
     methods = ("fae",)
     file_suffix = ".npz"
     finetune_defaults = {"method": "fae", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
@@ -106,14 +107,6 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         f = (local_patches(self.extractor(x)) - tf.constant(self.mean_)) / tf.constant(self.std_)
         err = tf.reduce_mean(tf.square(f - self.model_(f, training=False)), axis=-1)
         return to_full_map(err, self.input_shape[:2], self.map_sigma)
-
-    def anomaly_maps(self, images: np.ndarray, method: str = "fae", dtype: str = "float64",
-                     batch_size: int | None = None, return_reconstructions: bool = False):
-        """(N, H, W) float32 maps of the feature reconstruction error."""
-        if method not in self.methods or dtype != "float64":
-            raise AnomalyError(f"--method/--dtype: feature-ae maps are fae/float64, got {method}/{dtype}")
-        maps = self.run_batched(self._maps, images, batch_size)
-        return (maps, None) if return_reconstructions else maps
 
     def save(self, path: Path) -> None:
         weights = {f"w{i}": w for i, w in enumerate(self.model_.get_weights())}

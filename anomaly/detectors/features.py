@@ -123,6 +123,18 @@ class BackboneDetectorMixin:
             traced[fn.__name__] = tf.function(fn, input_signature=[spec])
         return in_batches(traced[fn.__name__], np.asarray(images, np.float32), batch_size or self.batch_size)[0]
 
+    def anomaly_maps(self, images: np.ndarray, method: str | None = None, dtype: str = "float64",
+                     batch_size: int | None = None, return_reconstructions: bool = False):
+        """(N, H, W) float32 maps from the detector's `_maps` (its one map kind, float64 only)."""
+        from anomaly.errors import AnomalyError
+
+        method = method or self.methods[0]
+        if method not in self.methods or dtype != "float64":
+            raise AnomalyError(f"--method/--dtype: {self.name} maps are {self.methods[0]}/float64, "
+                               f"got {method}/{dtype}")
+        maps = self.run_batched(self._maps, images, batch_size)
+        return (maps, None) if return_reconstructions else maps
+
     def patch_features(self, images: np.ndarray) -> np.ndarray:
         """(N, h, w, D) locally aware patch features (`local_patches`) of the detector's layers."""
         return self.run_batched(self._local_patches, images)

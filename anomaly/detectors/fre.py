@@ -37,6 +37,7 @@ class FREDetector(BackboneDetectorMixin, Detector):
         batch_size: images per forward pass.
     """
 
+    name = "fre"
     methods = ("fre",)
     file_suffix = ".npz"
     finetune_defaults = {"method": "fre", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
@@ -97,15 +98,6 @@ class FREDetector(BackboneDetectorMixin, Detector):
         err = tf.reshape(tf.square(flat - self._reconstruct(flat)), tf.shape(f))
         return to_full_map(tf.reduce_sum(err, axis=-1), self.input_shape[:2], self.map_sigma)
 
-    def anomaly_maps(self, images: np.ndarray, method: str = "fre", dtype: str = "float64",
-                     batch_size: int | None = None, return_reconstructions: bool = False):
-        """(N, H, W) float32 maps of the feature reconstruction error."""
-        if method not in self.methods or dtype != "float64":
-            raise AnomalyError(f"--method/--dtype: {self.methods[0]} maps are {self.methods[0]}/float64, "
-                               f"got {method}/{dtype}")
-        maps = self.run_batched(self._maps, images, batch_size)
-        return (maps, None) if return_reconstructions else maps
-
     def save(self, path: Path) -> None:
         np.savez(path, mean=self.mean_, components=self.components_, grid=np.array(self.grid_))
 
@@ -128,7 +120,7 @@ class TiedAutoencoderFRE(FREDetector):
     component count at `pca_variance` unless `latent_dim` is set.
     """
 
-    methods = ("fre",)
+    name = "fre-tae"
 
     def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "TiedAutoencoderFRE":
         from anomaly.detectors.autoencoder import set_seed

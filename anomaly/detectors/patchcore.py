@@ -116,13 +116,14 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         batch_size: images per forward pass.
     """
 
+    name = "patchcore"
     methods = ("nn",)
     file_suffix = ".npz"
     finetune_defaults = {"method": "nn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
     reweight_neighbors = 9
 
     def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
-                 layers: tuple[str, ...] = (), coreset_ratio: float = 0.01, num_neighbors: int = 1,
+                 layers: tuple[str, ...] = (), coreset_ratio: float = 0.002, num_neighbors: int = 1,
                  reweight: bool = False, map_sigma: float = 4.0, seed: int = 0, batch_size: int = 8):
         from anomaly.backbones import backbone_spec
 
@@ -175,14 +176,6 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
             weight = 1.0 - tf.nn.softmax(delta, axis=1)[:, 0]
             maps = maps * weight[:, None, None]
         return maps
-
-    def anomaly_maps(self, images: np.ndarray, method: str = "nn", dtype: str = "float64",
-                     batch_size: int | None = None, return_reconstructions: bool = False):
-        """(N, H, W) float32 maps: distance of each patch to the memory bank, upsampled and smoothed."""
-        if method not in self.methods or dtype != "float64":
-            raise AnomalyError(f"--method/--dtype: patchcore maps are nn/float64, got {method}/{dtype}")
-        maps = self.run_batched(self._maps, images, batch_size)
-        return (maps, None) if return_reconstructions else maps
 
     def save(self, path: Path) -> None:
         np.savez(path, memory_bank=self.memory_bank_, grid=np.array(self.grid_))
