@@ -100,7 +100,7 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
               f"-> {model_dir}")
 
     if detector is not None:
-        return _fit_detector(detector, config, model_dir, train_x, val_x, progress)
+        return _fit_detector(detector, config, dataset, model_dir, train_x, val_x, progress)
     detector = AutoencoderDetector(config)
     result = detector.fit(train_x, val_x, model_dir / "checkpoint", resume=resume_dir is not None,
                           progress=progress)
@@ -127,8 +127,8 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     return TrainOutcome(model_dir, model_file, result)
 
 
-def _fit_detector(detector, config: TrainConfig, model_dir: Path, train_x: np.ndarray, val_x: np.ndarray,
-                  progress: bool) -> TrainOutcome:
+def _fit_detector(detector, config: TrainConfig, dataset: Dataset, model_dir: Path, train_x: np.ndarray,
+                  val_x: np.ndarray, progress: bool) -> TrainOutcome:
     """Fit a detector other than an autoencoder (pixel-gaussian, feature detectors) and save it."""
     import time
 
@@ -148,14 +148,8 @@ def _fit_detector(detector, config: TrainConfig, model_dir: Path, train_x: np.nd
     modeldir.write_json(model_dir / "detector.json", summary)
     if getattr(detector, "history_", None):
         modeldir.write_text(model_dir / "history.csv", _history_csv(detector.history_))
-    if config.architecture == "cutpaste":
-        from anomaly.detectors.cutpaste import save_plots
-
-        dataset = find_dataset(config.data_dir)
-        defects = [s.path for s in dataset.test if s.label == 1][:32]
-        size = (config.input_size,) * 2
-        save_plots(detector, train_x, read_images(defects, config.color_mode, size) if defects else None,
-                   model_dir / "plots")
+    if hasattr(detector, "save_plots"):  # figures of what it learned (CutPaste)
+        detector.save_plots(train_x, dataset, config.color_mode, model_dir / "plots")
     if progress and "bank_size" in summary:
         print(f"memory bank: {summary['bank_size']} x {summary['feature_dim']} ({summary['bank_mb']:.1f} MiB)")
     fit = FitResult(history=[], best_epoch=0, lr_finder=None, lr=0.0, schedule=[], interrupted=False,

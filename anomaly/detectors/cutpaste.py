@@ -62,20 +62,18 @@ def cutpaste_network(backbone: keras.Model, preprocess, input_shape, hidden=(512
     return keras.Model(inputs, [embedding, logits], name="cutpaste")
 
 
-class GaussianDensity:
-    """Mean and Ledoit-Wolf shrinkage covariance; scores are Mahalanobis distances."""
+def fit_gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and Ledoit-Wolf shrinkage precision (inverse covariance) of (N, D) samples, float32."""
+    from sklearn.covariance import LedoitWolf
 
-    def fit(self, x: np.ndarray) -> "GaussianDensity":
-        from sklearn.covariance import LedoitWolf
+    x = np.asarray(x, np.float64)
+    return x.mean(axis=0).astype(np.float32), LedoitWolf().fit(x).precision_.astype(np.float32)
 
-        x = np.asarray(x, np.float64)
-        self.mean_ = x.mean(axis=0)
-        self.precision_ = LedoitWolf().fit(x).precision_
-        return self
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        d = np.asarray(x, np.float64) - self.mean_
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision_, d), 0.0))
+def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distances of (..., D) samples: shape (...)."""
+    d = np.asarray(x, np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", d, precision, d), 0.0))
 
 
 class CutPasteDetector(Detector):
@@ -192,18 +190,13 @@ class CutPasteDetector(Detector):
 
     def _fit_densities(self, images: np.ndarray) -> None:
         emb = self.embed(images)
-        self.image_mean_, self.image_precision_ = self._gaussian(emb)
+        self.image_mean_, self.image_precision_ = fit_gaussian(emb)
         self.train_embeddings_ = emb.astype(np.float32)
         patches = self.patch_embeddings(images)
         flat = patches.reshape(-1, patches.shape[-1])
         if len(flat) > 50_000:  # the covariance of 128 dims needs far fewer; keeps memory bounded
             flat = flat[np.random.default_rng(self.seed).choice(len(flat), 50_000, replace=False)]
-        self.patch_mean_, self.patch_precision_ = self._gaussian(flat)
-
-    @staticmethod
-    def _gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g = GaussianDensity().fit(x)
-        return g.mean_.astype(np.float32), g.precision_.astype(np.float32)
+        self.patch_mean_, self.patch_precision_ = fit_gaussian(flat)
 
     # ------------------------------------------------------------------ inference
 
@@ -270,17 +263,15 @@ class CutPasteDetector(Detector):
 
             kde = KernelDensity(kernel="gaussian", bandwidth=1.0).fit(unit(self.train_embeddings_.astype(np.float64)))
             return -kde.score_samples(unit(emb))
-        d = emb - self.image_mean_
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.image_precision_, d), 0.0))
+        return mahalanobis(emb, self.image_mean_, self.image_precision_)
 
     def anomaly_maps(self, images: np.ndarray, method: str = "patch", dtype: str = "float64",
                      batch_size: int | None = None, return_reconstructions: bool = False):
         """(N, H, W) float32 maps: Mahalanobis distance of each patch embedding, upsampled and smoothed."""
         if method not in self.methods or dtype != "float64":
             raise AnomalyError(f"--method/--dtype: cutpaste maps are patch/float64, got {method}/{dtype}")
-        emb = self.patch_embeddings(np.asarray(images, np.float32)).astype(np.float32)
-        d = emb - self.patch_mean_
-        grid = np.sqrt(np.maximum(np.einsum("nhwi,ij,nhwj->nhw", d, self.patch_precision_, d), 0.0))
+        emb = self.patch_embeddings(np.asarray(images, np.float32))
+        grid = mahalanobis(emb, self.patch_mean_, self.patch_precision_)
         # Each score sits at its patch centre: pad by half a patch so the map covers the image.
         h, w = self.input_shape[:2]
         inner = (h - self.patch_size + self.patch_stride, w - self.patch_size + self.patch_stride)
@@ -292,6 +283,23 @@ class CutPasteDetector(Detector):
         return (maps, None) if return_reconstructions else maps
 
     # ------------------------------------------------------------------ saving
+
+    def save_plots(self, train_images: np.ndarray, dataset, color_mode: str, folder: Path) -> None:
+        """synthetic_examples.png and tsne.png (training images, synthetic anomalies and up to 32
+        of the dataset's real test defects, shown only, never fitted) in `folder`."""
+        from anomaly.data.io import read_images
+
+        plot_examples(train_images, folder / "synthetic_examples.png", self.seed)
+        rng = np.random.default_rng(self.seed + 1)
+        pick = train_images[:64]
+        groups = {"normal (training)": self.embed(pick)}
+        for label in (CUTPASTE, SCAR):
+            groups[f"synthetic {CLASS_NAMES[label]}"] = self.embed(np.stack([pretext_sample(x, label, rng)
+                                                                              for x in pick]))
+        defects = [s.path for s in dataset.test if s.label == 1][:32]
+        if defects:
+            groups["real defects (test)"] = self.embed(read_images(defects, color_mode, self.input_shape[:2]))
+        plot_tsne(groups, folder / "tsne.png", self.seed)
 
     def summary(self) -> dict:
         last = self.history_[-1] if self.history_ else {}
@@ -370,18 +378,3 @@ def plot_tsne(groups: dict[str, np.ndarray], path: Path, seed: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def save_plots(detector: CutPasteDetector, train_images: np.ndarray, defect_images: np.ndarray | None,
-               folder: Path) -> None:
-    """synthetic_examples.png and tsne.png in the model directory's plots/."""
-    plot_examples(train_images, folder / "synthetic_examples.png", detector.seed)
-    rng = np.random.default_rng(detector.seed + 1)
-    pick = train_images[:64]
-    groups = {"normal (training)": detector.embed(pick)}
-    for label in (CUTPASTE, SCAR):
-        synthetic = np.stack([pretext_sample(x, label, rng) for x in pick])
-        groups[f"synthetic {CLASS_NAMES[label]}"] = detector.embed(synthetic)
-    if defect_images is not None and len(defect_images):
-        groups["real defects (test)"] = detector.embed(defect_images)
-    plot_tsne(groups, folder / "tsne.png", detector.seed)

@@ -70,17 +70,23 @@ class FREDetector(BackboneDetectorMixin, Detector):
 
     def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "FREDetector":
         """Learn the linear model: `mean_` (D,), `components_` (k, D) with orthonormal rows."""
-        from sklearn.decomposition import PCA
-
-        features = self.pooled_features(images)
-        self.grid_ = features.shape[1:]
-        x = features.reshape(len(features), -1).astype(np.float64)
-        pca = PCA(n_components=self.latent_dim or self.pca_variance, svd_solver="full", random_state=self.seed)
-        pca.fit(x)
-        self.mean_ = pca.mean_.astype(np.float32)
-        self.components_ = pca.components_.astype(np.float32)
+        self._fit_pca(self._feature_vectors(images))
         self.forget_traces()
         return self
+
+    def _feature_vectors(self, images: np.ndarray) -> np.ndarray:
+        """(N, D) flattened pooled features; sets `grid_`, their (h, w, c) shape."""
+        features = self.pooled_features(images)
+        self.grid_ = features.shape[1:]
+        return features.reshape(len(features), -1)
+
+    def _fit_pca(self, x: np.ndarray) -> None:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=self.latent_dim or self.pca_variance, svd_solver="full", random_state=self.seed)
+        pca.fit(x.astype(np.float64))
+        self.mean_ = pca.mean_.astype(np.float32)
+        self.components_ = pca.components_.astype(np.float32)
 
     def summary(self) -> dict:
         return {"components": int(len(self.components_)), "feature_dim": int(self.components_.shape[1]),
@@ -125,10 +131,9 @@ class TiedAutoencoderFRE(FREDetector):
     def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "TiedAutoencoderFRE":
         from anomaly.detectors.autoencoder import set_seed
 
-        super().fit(images)  # the PCA sets k (and is the initial map, replaced below)
+        x = self._feature_vectors(images)
+        self._fit_pca(x)  # the PCA sets k
         k = len(self.components_)
-        x = self.pooled_features(images)
-        x = x.reshape(len(x), -1)
         set_seed(self.seed)
         layer = TiedLinear(k, name="tied")
         inputs = keras.Input((x.shape[1],))
