@@ -36,11 +36,11 @@ from anomaly.errors import AnomalyError
 
 COLUMNS = ("dataset", "category", "detector", "variant", "seed", "image_auroc", "pixel_auroc", "aupro_0.3",
            "balanced_accuracy", "f1", "fit_seconds", "test_images_per_second", "peak_memory_mb", "model_dir")
-EXTRA_COLUMNS = ("mode", "method", "smooth", "normalize", "epochs", "epochs_trained", "input_size", "lr",
+EXTRA_COLUMNS = ("mode", "method", "smooth", "normalize", "epochs", "max_minutes", "epochs_trained", "input_size", "lr",
                  "bank_size", "bank_mb", "run_seconds", "status", "error")
 KEY_COLUMNS = COLUMNS[:5]
 # The settings a recorded row was made with; a skipped row made with others gets a warning.
-SETTING_COLUMNS = ("mode", "smooth", "normalize", "epochs", "input_size", "lr")
+SETTING_COLUMNS = ("mode", "smooth", "normalize", "epochs", "max_minutes", "input_size", "lr")
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro_0.3", "balanced_accuracy", "f1")
 DEFAULT_DETECTORS = ("mvtecCAE", "pixel-gaussian")
 DEFAULT_LOSSES = ("ssim",)
@@ -221,7 +221,7 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
 
 def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | None, lr: float | None,
                      mode: str, method: str | None = None, smooth: float | None = None,
-                     normalize: bool | None = None) -> dict[tuple[str, str], dict]:
+                     normalize: bool | None = None, max_minutes: float | None = None) -> dict[tuple[str, str], dict]:
     """Resolve and check the training configuration of every (detector, variant) up front.
 
     Running `load_train_config` here, before anything is written, turns a bad flag value
@@ -231,7 +231,7 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
     Returns:
         For each (detector, variant): the overrides to pass to `load_train_config` in the
         worker (without data_dir, seed and output_dir) and the resolved epochs, input_size
-        and lr.
+        and lr (and max_minutes, the autoencoders' training budget).
     """
     from anomaly.config import load_train_config
     from anomaly.detectors import is_autoencoder, uses_backbone
@@ -246,6 +246,7 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         overrides = {"architecture": run.detector, "epochs": epochs, "input_size": input_size, "lr": lr}
         if is_autoencoder(run.detector):
             overrides["loss"] = run.variant
+            overrides["max_minutes"] = max_minutes
         elif uses_backbone(run.detector):
             overrides["backbone"] = run.variant
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -257,6 +258,7 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         settings[(run.detector, run.variant)] = {
             "overrides": overrides, "epochs": config.epochs if epochs_used else None,
             "input_size": config.input_size, "lr": config.lr if trained else None, "mode": mode,
+            "max_minutes": config.max_minutes if trained else None,
             # --map applies to autoencoders; other detectors keep their own map.
             "method": method if trained else None, "smooth": smooth, "normalize": normalize}
     return settings
@@ -484,6 +486,7 @@ def _row(run: Run, settings: dict, result: dict, seconds: float, output_dir: Pat
     row = {"dataset": run.dataset, "category": run.category, "detector": run.detector, "variant": run.variant,
            "seed": run.seed, "mode": settings["mode"], "smooth": settings.get("smooth"),
            "normalize": settings.get("normalize"), "epochs": settings["epochs"],
+           "max_minutes": settings.get("max_minutes"),
            "input_size": settings["input_size"], "lr": settings["lr"], "run_seconds": round(seconds, 1)}
     for key in METRIC_COLUMNS + ("fit_seconds", "test_images_per_second", "peak_memory_mb", "method",
                                  "epochs_trained", "bank_size", "bank_mb", "status", "error"):
@@ -526,7 +529,8 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
                   output_dir: str | Path | None = None, epochs: int | None = None,
                   input_size: int | None = None, lr: float | None = None, mode: str = "normal-only",
                   progress: bool = True, command: str | None = None, method: str | None = None,
-                  smooth: float | None = None, normalize: bool | None = None) -> list[dict[str, str]]:
+                  smooth: float | None = None, normalize: bool | None = None,
+                  max_minutes: float | None = None) -> list[dict[str, str]]:
     """Run a benchmark grid (or the part of it not yet done) and write its result files.
 
     Everything is checked before the output folder is created: names, dataset folders and
@@ -543,9 +547,10 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         input_size: the image size; the configuration's when None.
         lr: a fixed peak learning rate; None runs the learning-rate finder.
         mode: finetune mode, "semi" or "normal-only".
-        method: the autoencoders' map (ssim or l2); their default when None.
+        method: the autoencoders' map (ssim, mssim or l2); their default when None.
         smooth: finetune --smooth sigma for every run; each detector's default when None.
         normalize: finetune --normalize for every run; each detector's default when None.
+        max_minutes: the autoencoders' training time budget; none when None.
         progress: print a line per run start and end.
         command: the command line to record in machine.json (this process's when None).
 
@@ -557,7 +562,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         AnomalyError: bad input, before anything is written.
     """
     runs = plan_grid(data, detectors, losses, seeds, backbones)
-    settings = resolve_settings(runs, epochs, input_size, lr, mode, method, smooth, normalize)
+    settings = resolve_settings(runs, epochs, input_size, lr, mode, method, smooth, normalize, max_minutes)
     output_dir = Path(output_dir) if output_dir else default_output_dir()
     csv_path, md_path = output_dir / "results.csv", output_dir / "results.md"
     rows = read_results(csv_path)  # before mkdir: a foreign CSV leaves the folder untouched

@@ -31,6 +31,9 @@ class TrainConfig:
         input_size: images are resized to input_size x input_size.
         batch_size: training batch size.
         epochs: the cap on training epochs (early stopping usually ends training before).
+        max_minutes: autoencoders: a training time budget in minutes, learning-rate finder
+            included; training ends after the last epoch expected to finish within it. None
+            for no budget. With a budget the number of epochs depends on the machine's speed.
         seed: seeds weights, augmentation, shuffling and the validation split.
         val_split: fraction of train/good held out for validation and finetuning.
         lr: a fixed peak learning rate; None runs the learning-rate finder to choose it.
@@ -70,6 +73,7 @@ class TrainConfig:
     input_size: int = 256
     batch_size: int = 8
     epochs: int = 1024
+    max_minutes: float | None = None
     seed: int = 42
     val_split: float = 0.1
     lr: float | None = None
@@ -159,6 +163,8 @@ class TrainConfig:
         if self.map_sigma < 0 or self.latent_dim < 0:
             flag = "--map-sigma" if self.map_sigma < 0 else "--latent-dim"
             raise AnomalyError(f"{flag}: expected a value >= 0")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise AnomalyError(f"--max-minutes: expected a positive number of minutes, got {self.max_minutes}")
         if self.lr is not None and not self.lr > 0:
             raise AnomalyError(f"--lr: expected a positive learning rate, got {self.lr}")
         return self

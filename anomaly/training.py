@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +289,34 @@ class PatienceAndCheckpoint(keras.callbacks.Callback):
         """Load the best weights seen so far into the model."""
         if (self.dir / "best.weights.h5").exists():
             self.model.load_weights(self.dir / "best.weights.h5")
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training when the next epoch would end after a deadline.
+
+    The next epoch is expected to take as long as the slowest so far, so training ends at or
+    before the deadline instead of one epoch past it.
+
+    Args:
+        deadline: the `time.perf_counter()` value by which training must end.
+    """
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+        self.longest = 0.0
+        self.stopped = False
+        self._epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self._epoch_start)
+        if now + self.longest > self.deadline:
+            self.stopped = True
+            self.model.stop_training = True
 
 
 def load_checkpoint_state(checkpoint_dir: Path) -> dict | None:

@@ -32,7 +32,8 @@ def _rows(out: Path) -> list[dict]:
 def grid(demo_root, tmp_path_factory) -> tuple[Path, list[str]]:
     """A grid of two real runs (mvtecCAE ssim, pixel-gaussian), each in its worker process."""
     out = tmp_path_factory.mktemp("bench") / "out"
-    argv = _args(demo_root, out, "-a", "mvtecCAE", "pixel-gaussian", "-l", "ssim", "--seeds", "0")
+    argv = _args(demo_root, out, "-a", "mvtecCAE", "pixel-gaussian", "-l", "ssim", "--seeds", "0",
+                 "--max-minutes", "30")
     assert run(benchmark_cli.main, argv) == 0
     return out, argv
 
@@ -55,6 +56,7 @@ def test_grid_writes_results_machine_and_plots(grid, demo_root):
         for name in ("roc.png", "pro.png", "hist.png", "examples.png"):
             assert (plots / name).stat().st_size > 0, plots / name
     assert rows[0]["method"] == "l2" and rows[1]["method"] == "zscore"  # each detector's default map
+    assert rows[0]["max_minutes"] == "30.0" and rows[1]["max_minutes"] == ""  # a budget for training only
     md = (out / "results.md").read_text()
     assert "| mvtecCAE | ssim | 0 |" in md and "| pixel-gaussian | none | 0 |" in md
     machine = json.loads((out / "machine.json").read_text())

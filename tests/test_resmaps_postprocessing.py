@@ -61,12 +61,50 @@ def test_ssim_residual_is_one_minus_ssim_clipped():
     assert maps.min() >= 0.0 and maps.max() <= 1.0
 
 
-@pytest.mark.parametrize("method", ["ssim", "l2"])
+@pytest.mark.parametrize("method", ["ssim", "mssim", "l2"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_identical_images_give_zero_maps(method, channels):
     x, _ = pair(channels)
     np.testing.assert_allclose(residual_maps(x, x, method, "float64"), 0.0, atol=1e-5)
     np.testing.assert_array_equal(residual_maps(x, x, method, "uint8"), 0.0)
+
+
+def test_mssim_scales_leave_room_for_the_window():
+    assert resmaps.mssim_scales(256) == (2, 4, 8)
+    assert resmaps.mssim_scales(48) == (2, 4)  # 48 / 8 = 6 px is smaller than the 11-px window
+    assert resmaps.mssim_scales(16) == (1,)
+
+
+def test_mssim_is_the_mean_of_coarse_ssim_residuals():
+    import tensorflow as tf
+
+    x, y = pair(3, size=48)
+    expected = []
+    for f in (2, 4):  # box means by reshaping, SSIM by scikit-image
+        down = [a.reshape(2, 48 // f, f, 48 // f, f, 3).mean(axis=(2, 4)) for a in (x, y)]
+        residual = (1 - np.stack([skimage_ssim(down[0][i], down[1][i]) for i in range(2)])) / 2
+        expected.append(tf.image.resize(residual[..., None].astype(np.float32), (48, 48), "bilinear")[..., 0])
+    np.testing.assert_allclose(residual_maps(x, y, "mssim"), np.mean(expected, axis=0), atol=1e-4)
+
+
+def test_mssim_ignores_blur_of_fine_texture_but_not_a_missing_part():
+    # What an autoencoder does to every image (blur fine texture) against what a defect is
+    # (a missing region): the full-resolution SSIM flags both, the multi-scale map mainly the second.
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    coarse = ndimage.zoom(rng.random((12, 12)), 8, order=1)[None, :, :, None]
+    x = np.clip(0.8 * coarse + 0.2 * rng.random((1, 96, 96, 1)), 0, 1)
+    blurred = ndimage.gaussian_filter(x, sigma=(0, 1.5, 1.5, 0))
+    broken = blurred.copy()
+    broken[0, 40:64, 40:64] = 0.0
+    for method in ("ssim", "mssim"):
+        blur = residual_maps(x, blurred, method)[0]
+        defect = residual_maps(x, broken, method)[0]
+        ratio = defect[44:60, 44:60].mean() / blur[44:60, 44:60].mean()
+        if method == "ssim":
+            ssim_ratio = ratio
+    assert ratio > 2 * ssim_ratio
 
 
 def test_l2_is_squared_difference_averaged_over_channels():
@@ -89,14 +127,14 @@ def test_local_defect_scores_higher_than_the_rest():
     x = rng.random((1, 48, 48, 1)) * 0.2 + 0.4
     y = x.copy()
     y[0, 20:28, 20:28] = 1.0 - y[0, 20:28, 20:28]
-    for method in ("ssim", "l2"):
+    for method in ("ssim", "mssim", "l2"):
         maps = residual_maps(x, y, method)[0]
         inside = maps[21:27, 21:27].min()
         outside = np.delete(maps, np.s_[12:36], axis=0).max()
         assert inside > outside, method
 
 
-@pytest.mark.parametrize("method", ["ssim", "l2"])
+@pytest.mark.parametrize("method", ["ssim", "mssim", "l2"])
 def test_uint8_maps_are_integers_0_to_255(method):
     x, y = pair(1)
     y[0] = 1.0 - x[0]

@@ -8,6 +8,7 @@ import pytest
 from anomaly.config import load_train_config
 from anomaly.errors import AnomalyError
 from anomaly.training import OneCycle, PatienceAndCheckpoint, choose_learning_rate
+from tests.conftest import train_args
 
 
 def test_lr_rule_takes_85_percent_of_the_descent():
@@ -81,3 +82,20 @@ def test_other_seed_other_model(demo_root, tmp_path):
     a = train(_config(demo_root, tmp_path / "a", epochs=1, lr=1e-3), progress=False)
     b = train(_config(demo_root, tmp_path / "b", epochs=1, lr=1e-3, seed=4), progress=False)
     assert any(not np.array_equal(x, y) for x, y in zip(_weights(a.model_dir), _weights(b.model_dir)))
+
+
+def test_time_budget_ends_training_after_the_epoch_that_fills_it(demo_root, tmp_path, capsys):
+    from anomaly.cli import train
+
+    # 0.001 minutes: any first epoch (with its tracing) fills the budget, so training stops there
+    # instead of running the 30 epochs asked for; the model is still saved and usable.
+    assert train.main(train_args(demo_root, tmp_path, "-e", "30", "--max-minutes", "0.001")) == 0
+    out = capsys.readouterr().out
+    assert "trained 1 epochs" in out and "stopped by --max-minutes 0.001" in out
+    (model_file,) = tmp_path.rglob("*.keras")
+    assert model_file.name == "mvtecCAE_b8_e1.keras"
+
+
+def test_time_budget_must_be_positive(demo_root, tmp_path):
+    with pytest.raises(AnomalyError, match="--max-minutes: expected a positive number"):
+        _config(demo_root, tmp_path, max_minutes=0)

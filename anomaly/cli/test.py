@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-test", description=__doc__)
     p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
     p.add_argument("-s", "--save", action="store_true", help="write images/ and maps/")
-    p.add_argument("-m", "--method", help="test only this residual map (ssim or l2)")
+    p.add_argument("-m", "--method", help="test only this residual map (ssim, mssim or l2)")
     p.add_argument("-t", "--dtype", help="test only this dtype (float64 or uint8)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p

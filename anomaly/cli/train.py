@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")
     p.add_argument("-e", "--epochs", type=int, help="most epochs to train (default 1024; early stopping ends sooner)")
+    p.add_argument("--max-minutes", type=float, help="autoencoders: training time budget in minutes, learning-rate "
+                   "finder included (default none); training ends after the last epoch that fits")
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
     p.add_argument("--lr-finder-epochs", type=int, help="most epochs of the learning-rate finder (default 10)")
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
               f"saved as {outcome.model_file}\nresume with: anomaly-train --resume {outcome.model_dir}")
         return 130
     if fit.history:
-        print(f"trained {len(fit.history)} epochs in {fit.seconds:.1f} s (best epoch {fit.best_epoch}, lr {fit.lr:.3g})")
+        budget = f", stopped by --max-minutes {config.max_minutes:g}" if fit.out_of_time else ""
+        print(f"trained {len(fit.history)} epochs in {fit.seconds:.1f} s (best epoch {fit.best_epoch}, "
+              f"lr {fit.lr:.3g}{budget})")
     else:
         print(f"fitted in {fit.seconds:.1f} s")
     print(f"model: {outcome.model_file}")

@@ -17,9 +17,9 @@ from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 from anomaly.losses import get_loss, get_metric
 from anomaly.models import build_model
-from anomaly.resmaps import check_method, finish_map, ssim_map
-from anomaly.training import (MIN_FINDER_STEPS, LRFinderResult, OneCycle, PatienceAndCheckpoint, find_learning_rate,
-                              load_checkpoint_state, make_optimizer, progress_verbosity)
+from anomaly.resmaps import RESIDUALS, check_method, finish_map
+from anomaly.training import (MIN_FINDER_STEPS, LRFinderResult, OneCycle, PatienceAndCheckpoint, TimeBudget,
+                              find_learning_rate, load_checkpoint_state, make_optimizer, progress_verbosity)
 
 
 @dataclass
@@ -34,6 +34,7 @@ class FitResult:
         schedule: learning rate of every batch trained in this call.
         interrupted: True when Ctrl-C ended training.
         seconds: wall time of this call.
+        out_of_time: True when the `max_minutes` budget ended training.
     """
 
     history: list[dict]
@@ -43,6 +44,7 @@ class FitResult:
     schedule: list[float]
     interrupted: bool
     seconds: float
+    out_of_time: bool = False
 
 
 def set_seed(seed: int) -> None:
@@ -68,7 +70,7 @@ class AutoencoderDetector(Detector):
         model: an already built or loaded Keras model; built from `config` when None.
     """
 
-    methods = ("ssim", "l2")
+    methods = ("ssim", "mssim", "l2")
     file_suffix = ".keras"
     # Chosen by measurement on bottle, cookie and KolektorSDD (docs/results.md): L2 residuals,
     # smoothed (sigma 4), as z-scores against the training images' residuals.
@@ -80,7 +82,7 @@ class AutoencoderDetector(Detector):
         if config.precision == "mixed_bfloat16":
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         self.model = model if model is not None else build_model(config.architecture, config.input_shape)
-        self._predict = None
+        self._predict = {}
 
     def fit(self, train_images: np.ndarray, val_images: np.ndarray, checkpoint_dir: Path,
             resume: bool = False, progress: bool = True) -> FitResult:
@@ -133,6 +135,11 @@ class AutoencoderDetector(Detector):
             schedule.max_lr, schedule.base_lr = state["max_lr"], state["base_lr"]
             schedule.iteration = state["iteration"]
         recorder = _RecordLR()
+        callbacks = [schedule, keeper, recorder]
+        budget = None
+        if cfg.max_minutes is not None:
+            budget = TimeBudget(start + cfg.max_minutes * 60.0)
+            callbacks.append(budget)
         train_ds = training_dataset(train_images, cfg.batch_size, cfg.seed, aug, first_epoch, cfg.epochs)
         val_ds = evaluation_dataset(val_images, cfg.batch_size)
         interrupted = False
@@ -140,32 +147,33 @@ class AutoencoderDetector(Detector):
             try:
                 self.model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                                initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
-                               callbacks=[schedule, keeper, recorder], verbose=progress_verbosity(progress))
+                               callbacks=callbacks, verbose=progress_verbosity(progress))
             except KeyboardInterrupt:
                 interrupted = True
         keeper.restore_best()
         if not interrupted:
             keeper.mark_finished()
-        self._predict = None
+        self._predict = {}
         return FitResult(history=keeper.history, best_epoch=keeper.best_epoch + 1, lr_finder=finder,
                          lr=lr, schedule=recorder.lrs, interrupted=interrupted,
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start, out_of_time=bool(budget and budget.stopped))
 
-    def _predict_fn(self):
-        if self._predict is None:
+    def _predict_fn(self, method: str):
+        if method not in self._predict:
             spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+            residual = RESIDUALS[method]
 
             @tf.function(input_signature=[spec])
             def predict(x):
                 y = tf.cast(self.model(x, training=False), tf.float32)
-                return y, 1.0 - ssim_map(x, y), tf.reduce_mean(tf.square(x - y), axis=-1)
+                return y, residual(x, y)
 
-            self._predict = predict
-        return self._predict
+            self._predict[method] = predict
+        return self._predict[method]
 
     def reconstruct(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Reconstructions of (N, H, W, C) images, float32 in [0, 1]."""
-        return self.anomaly_maps(images, batch_size=batch_size, return_reconstructions=True)[1]
+        return self.anomaly_maps(images, "l2", batch_size=batch_size, return_reconstructions=True)[1]
 
     def anomaly_maps(self, images: np.ndarray, method: str = "ssim", dtype: str = "float64",
                      batch_size: int = 32, return_reconstructions: bool = False):
@@ -175,8 +183,8 @@ class AutoencoderDetector(Detector):
 
         Args:
             images: (N, H, W, C) in [0, 1].
-            method: "ssim" or "l2".
-            dtype: "float64" or "uint8" (see `anomaly.resmaps`).
+            method: "ssim", "mssim" or "l2" (see `anomaly.resmaps`).
+            dtype: "float64" or "uint8".
             batch_size: images per forward pass.
             return_reconstructions: also return the reconstructions.
 
@@ -184,11 +192,11 @@ class AutoencoderDetector(Detector):
             The maps, or (maps, reconstructions).
         """
         check_method(method, dtype)
-        predict = self._predict_fn()
+        predict = self._predict_fn(method)
         maps, recons = [], []
         for start in range(0, len(images), batch_size):
-            y, ssim_residual, l2_residual = predict(tf.constant(images[start:start + batch_size]))
-            maps.append(finish_map(ssim_residual if method == "ssim" else l2_residual, method, dtype))
+            y, residual = predict(tf.constant(images[start:start + batch_size]))
+            maps.append(finish_map(residual, method, dtype))
             if return_reconstructions:
                 recons.append(y.numpy())
         maps = np.concatenate(maps) if maps else np.zeros((0, *self.input_shape[:2]), np.float32)
