@@ -84,6 +84,10 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
         assert params["image_score"] == "detector"
         assert (model_dir / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
         assert (model_dir / "plots" / "synthetic_examples.png").exists() and (model_dir / "plots" / "tsne.png").exists()
+        for method in ("dense", "gradcam"):  # the other maps, from the saved model
+            assert finetune_cli.main(["-p", str(model_file), "-m", method, "-q"]) == 0
+            assert test_cli.main(["-p", str(model_dir), "-m", method, "-q"]) == 0
+            assert json.loads((model_dir / "test" / f"{method}_float64" / "metrics.json").read_text())["pixel_auroc"] >= 0
     if detector in ("knn", "kmeans"):
         assert metrics["pixel_auroc"] is None and metrics["aupro_0.3"] is None  # image-level
         assert np.ptp(saved) == 0
@@ -165,5 +169,9 @@ def test_cutpaste_training_is_seeded_and_learns_the_pretext_task(demo_root):
     np.testing.assert_array_equal(a.image_mean_, b.image_mean_)
     scores = a.image_scores(images)
     assert scores.shape == (len(images),) and np.all(scores >= 0)
-    maps = a.anomaly_maps(images[:2])
-    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+    for method in ("patch", "dense", "gradcam"):
+        maps = a.anomaly_maps(images[:2], method)
+        assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and maps.min() >= 0, method
+    # A flipped image is farther from the training images' local features than they are.
+    flipped = images[:4, ::-1, ::-1]
+    assert a.anomaly_maps(flipped, "dense").mean() > a.anomaly_maps(images[:4], "dense").mean()

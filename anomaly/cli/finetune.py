@@ -11,7 +11,7 @@ from anomaly.cli.common import fmt, run
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
     p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
-    p.add_argument("-m", "--method", help="map: l2 (default) or ssim for autoencoders; zscore for pixel-gaussian; "
+    p.add_argument("-m", "--method", help="map: mssim (default), ssim or l2 for autoencoders; zscore for pixel-gaussian; "
                    "the feature detectors have one map each (their default)")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
     p.add_argument("--mode", default="normal-only",

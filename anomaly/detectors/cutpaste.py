@@ -8,10 +8,17 @@ normal, CutPaste patch (rectangle or polygon), scar. Training has two phases: th
 
 Scoring, as the paper: a Gaussian density (mean and Ledoit-Wolf shrinkage covariance) of the
 training images' embeddings; the image score is the Mahalanobis distance (or, with
-`density: kde`, the negative log density of a Gaussian kernel density estimate). The map is
-patch-level: 32 px patches of the 256 px image (the patch size scales with the input size) at a
-stride of 8 px are embedded and scored against a Gaussian of the training images' patch
-embeddings, then upsampled and smoothed.
+`density: kde`, the negative log density of a Gaussian kernel density estimate). Three maps
+(`anomaly-finetune -m`):
+
+- `patch`, as the paper: 32 px patches of the 256 px image (the patch size scales with the
+  input size) at a stride of 8 px are embedded and scored against a Gaussian of the training
+  images' patch embeddings, then upsampled and smoothed.
+- `dense`: the fine-tuned backbone's own local features (its PatchCore layers, 3x3 averaged,
+  stride 4) scored against one Gaussian of every training position; one forward pass per
+  image instead of one per patch.
+- `gradcam`: Grad-CAM of the image score (the Mahalanobis distance) on the backbone's last
+  feature map: each channel weighted by its mean gradient, summed, rectified, upsampled.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from keras import layers
 
 from anomaly.data.synthetic import CUTPASTE, NORMAL, SCAR, pretext_sample
 from anomaly.detectors.base import Detector
-from anomaly.detectors.features import to_full_map
+from anomaly.detectors.features import in_batches, local_patches, to_full_map
 from anomaly.errors import AnomalyError
 
 N_CLASSES = 3
@@ -90,7 +97,7 @@ class CutPasteDetector(Detector):
         seed: seeds the weights, the synthetic anomalies and the shuffling.
     """
 
-    methods = ("patch",)
+    methods = ("patch", "dense", "gradcam")
     file_suffix = ".npz"
     finetune_defaults = {"method": "patch", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
                          "image_score": "detector"}
@@ -197,20 +204,24 @@ class CutPasteDetector(Detector):
         if len(flat) > 50_000:  # the covariance of 128 dims needs far fewer; keeps memory bounded
             flat = flat[np.random.default_rng(self.seed).choice(len(flat), 50_000, replace=False)]
         self.patch_mean_, self.patch_precision_ = fit_gaussian(flat)
+        dense = self._dense_features(images)
+        flat = dense.reshape(-1, dense.shape[-1])
+        if len(flat) > 50_000:
+            flat = flat[np.random.default_rng(self.seed).choice(len(flat), 50_000, replace=False)]
+        self.dense_mean_, self.dense_precision_ = fit_gaussian(flat)
 
     # ------------------------------------------------------------------ inference
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, 128) embeddings of whole images."""
-        fn = self.__dict__.get("_embed_fn")
-        if fn is None:
-            fn = self.__dict__["_embed_fn"] = tf.function(self._embed_batch, input_signature=[self._spec()])
-        out = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy()
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out)
+        return in_batches(self._traced("embed", self._embed_batch), np.asarray(images, np.float32), batch_size)[0]
 
-    def _spec(self) -> tf.TensorSpec:
-        return tf.TensorSpec((None, *self.input_shape), tf.float32)  # one trace for every batch size
+    def _traced(self, name: str, fn):
+        """`fn` (image batch -> tensor) traced once, for every batch size."""
+        traced = self.__dict__.setdefault("_traced_fns", {})
+        if name not in traced:
+            traced[name] = tf.function(fn, input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)])
+        return traced[name]
 
     def _embed_batch(self, x):
         return self.network_(x, training=False)[0]
@@ -232,12 +243,7 @@ class CutPasteDetector(Detector):
             return tf.reshape(emb, (tf.shape(x)[0], grid[0], grid[1], -1))
 
         self.patch_network_  # noqa: B018 - built eagerly: its weights are copied, which a trace cannot do
-        fn = self.__dict__.get("_patch_fn")
-        if fn is None:
-            fn = self.__dict__["_patch_fn"] = tf.function(run, input_signature=[self._spec()])
-        out = [fn(tf.constant(images[i:i + batch_size], tf.float32)).numpy()
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out)
+        return in_batches(self._traced("patch", run), np.asarray(images, np.float32), batch_size)[0]
 
     @property
     def patch_network_(self) -> keras.Model:
@@ -251,6 +257,48 @@ class CutPasteDetector(Detector):
             net.set_weights(self.network_.get_weights())
             self.__dict__["_patch_net"] = keras.Model(net.input, net.outputs[0])
         return self.__dict__["_patch_net"]
+
+    def _to_rgb_input(self, x):
+        x = tf.repeat(x, 3, axis=-1) if self.input_shape[-1] == 1 else x
+        return self.network_.get_layer("preprocess")(x)
+
+    def _dense_features(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """(N, h, w, D) local features of the fine-tuned backbone at its PatchCore layers."""
+        from anomaly.backbones import backbone_spec
+
+        if "_dense_net" not in self.__dict__:
+            names = backbone_spec(self.backbone).patch_layers
+            self.__dict__["_dense_net"] = keras.Model(
+                self._backbone_model.input, [self._backbone_model.get_layer(n).output for n in names])
+
+        def run(x):
+            out = self.__dict__["_dense_net"](self._to_rgb_input(x), training=False)
+            return local_patches(list(out) if isinstance(out, (list, tuple)) else [out])
+
+        return in_batches(self._traced("dense", run), np.asarray(images, np.float32), batch_size)[0]
+
+    def _gradcam(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """(N, h, w) Grad-CAM of the image Mahalanobis distance on the backbone's last feature map."""
+        net = self.network_
+        head = [net.get_layer("pool")] + [net.get_layer(f"head{i}_{k}") for i in range(2)
+                                           for k in ("dense", "bn", "relu")] + [net.get_layer("embedding")]
+        mean = tf.constant(self.image_mean_, tf.float32)
+        precision = tf.constant(self.image_precision_, tf.float32)
+
+        def run(x):
+            features = self._backbone_model(self._to_rgb_input(x), training=False)
+            with tf.GradientTape() as tape:
+                tape.watch(features)
+                h = features
+                for layer in head:
+                    h = layer(h, training=False)
+                d = h - mean
+                score = tf.reduce_sum(tf.matmul(d, precision) * d, axis=-1)  # squared distance
+            grads = tape.gradient(score, features)
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+
+        return in_batches(self._traced("gradcam", run), np.asarray(images, np.float32), batch_size)[0]
 
     def image_scores(self, images: np.ndarray) -> np.ndarray:
         """(N,) anomaly scores of whole images: Mahalanobis distance (gde) or -log density (kde)."""
@@ -267,10 +315,21 @@ class CutPasteDetector(Detector):
 
     def anomaly_maps(self, images: np.ndarray, method: str = "patch", dtype: str = "float64",
                      batch_size: int | None = None, return_reconstructions: bool = False):
-        """(N, H, W) float32 maps: Mahalanobis distance of each patch embedding, upsampled and smoothed."""
+        """(N, H, W) float32 maps (`patch`, `dense` or `gradcam`, see the module), upsampled and smoothed."""
         if method not in self.methods or dtype != "float64":
-            raise AnomalyError(f"--method/--dtype: cutpaste maps are patch/float64, got {method}/{dtype}")
-        emb = self.patch_embeddings(np.asarray(images, np.float32))
+            raise AnomalyError(f"--method/--dtype: cutpaste maps are {', '.join(self.methods)} with float64, "
+                               f"got {method}/{dtype}")
+        images = np.asarray(images, np.float32)
+        if method != "patch":
+            if method == "dense":
+                if getattr(self, "dense_mean_", None) is None:
+                    raise AnomalyError("-m dense: this cutpaste model was trained before dense maps existed; retrain it")
+                grid = mahalanobis(self._dense_features(images), self.dense_mean_, self.dense_precision_)
+            else:
+                grid = self._gradcam(images)
+            maps = to_full_map(tf.constant(grid, tf.float32), self.input_shape[:2], self.map_sigma).numpy()
+            return (maps, None) if return_reconstructions else maps
+        emb = self.patch_embeddings(images)
         grid = mahalanobis(emb, self.patch_mean_, self.patch_precision_)
         # Each score sits at its patch centre: pad by half a patch so the map covers the image.
         h, w = self.input_shape[:2]
@@ -310,6 +369,7 @@ class CutPasteDetector(Detector):
         weights = {f"w{i}": w for i, w in enumerate(self.network_.get_weights())}
         np.savez(path, image_mean=self.image_mean_, image_precision=self.image_precision_,
                  patch_mean=self.patch_mean_, patch_precision=self.patch_precision_,
+                 dense_mean=self.dense_mean_, dense_precision=self.dense_precision_,
                  train_embeddings=self.train_embeddings_, **weights)
 
     @classmethod
@@ -319,6 +379,8 @@ class CutPasteDetector(Detector):
             with np.load(model_file) as data:
                 for name in ("image_mean", "image_precision", "patch_mean", "patch_precision", "train_embeddings"):
                     setattr(det, f"{name}_", data[name])
+                for name in ("dense_mean", "dense_precision"):  # absent in models saved before dense maps
+                    setattr(det, f"{name}_", data[name] if name in data.files else None)
                 weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
             det.build()
             det.network_.set_weights(weights)
