@@ -59,6 +59,7 @@ class TrainConfig:
         reweight: patchcore: the paper's image-score re-weighting.
         map_sigma: feature detectors: Gaussian sigma (pixels) smoothing the upsampled map.
         pca_variance: fre: share of the feature variance the PCA keeps.
+        padim_dims: padim: feature channels kept (a seeded random subset).
         knn_k: knn: neighbours averaged into the score.
         knn_dims: knn: the highest-variance feature dimensions kept.
         kmeans_clusters: kmeans: number of centroids.
@@ -99,6 +100,7 @@ class TrainConfig:
     reweight: bool = False
     map_sigma: float = 4.0
     pca_variance: float = 0.97
+    padim_dims: int = 100
     knn_k: int = 50
     knn_dims: int = 500
     kmeans_clusters: int = 2
@@ -156,7 +158,8 @@ class TrainConfig:
             raise AnomalyError(f"--coreset-ratio: expected a fraction in (0, 1], got {self.coreset_ratio}")
         if not 0 < self.pca_variance <= 1:
             raise AnomalyError(f"--pca-variance: expected a fraction in (0, 1], got {self.pca_variance}")
-        for flag, value in (("--num-neighbors", self.num_neighbors), ("--knn-k", self.knn_k),
+        for flag, value in (("--num-neighbors", self.num_neighbors), ("--padim-dims", self.padim_dims),
+                            ("--knn-k", self.knn_k),
                             ("--knn-dims", self.knn_dims), ("--kmeans-clusters", self.kmeans_clusters)):
             if value < 1:
                 raise AnomalyError(f"{flag}: expected a positive integer, got {value}")

@@ -57,7 +57,7 @@ def test_full_map_keeps_a_constant_and_centres_a_peak():
     assert np.unravel_index(out.argmax(), out.shape) in {(35, 35), (35, 36), (36, 35), (36, 36)}
 
 
-FEATURE_DETECTORS = [("patchcore", []), ("fre", []), ("fre-tae", ["-e", "3"]), ("knn", []), ("kmeans", []),
+FEATURE_DETECTORS = [("patchcore", []), ("padim", []), ("fre", []), ("fre-tae", ["-e", "3"]), ("knn", []), ("kmeans", []),
                      ("feature-ae", ["-e", "2"]), ("cutpaste", ["-e", "2"])]
 
 
@@ -128,6 +128,27 @@ def test_patchcore_reweighting_scales_each_map_by_a_weight_below_one(demo_root):
     reweighted.memory_bank_, reweighted.grid_ = plain.memory_bank_, plain.grid_
     ratio = reweighted.anomaly_maps(test).max(axis=(1, 2)) / plain.anomaly_maps(test).max(axis=(1, 2))
     assert np.all((ratio > 0) & (ratio < 1))
+
+
+def test_padim_fits_one_gaussian_per_position(demo_root):
+    from anomaly.config import load_train_config
+    from anomaly.data.io import read_images
+    from anomaly.detectors.padim import REGULARISATION, PaDiMDetector
+
+    config = load_train_config({"data_dir": str(demo_root), "architecture": "padim", "input_size": 64,
+                                "padim_dims": 20})
+    images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
+    a = PaDiMDetector.from_config(config).fit(images)
+    b = PaDiMDetector.from_config(config).fit(images)
+    assert a.mean_.shape == (8, 8, 20) and a.precision_.shape == (8, 8, 20, 20)  # stride-8 grid of 64 px
+    np.testing.assert_array_equal(a.channels_, b.channels_)  # seeded channel subset
+    np.testing.assert_array_equal(a.precision_, b.precision_)
+    # Each precision is the inverse of that position's covariance (+ the regulariser).
+    x = a.run_batched(a._selected, images).astype(np.float64)[:, 3, 5]
+    cov = np.cov(x, rowvar=False) + REGULARISATION * np.eye(20)
+    np.testing.assert_allclose(a.precision_[3, 5] @ cov, np.eye(20), atol=1e-3)
+    flipped = images[:4, ::-1, ::-1]
+    assert a.anomaly_maps(flipped).mean() > a.anomaly_maps(images[:4]).mean()
 
 
 def test_fre_pca_keeps_the_asked_variance_and_reconstructs_training_features(demo_root):

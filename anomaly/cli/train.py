@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--input-dir", dest="data_dir", help="dataset category folder (MVTec layout)")
     p.add_argument("-a", "--architecture",
                    help="autoencoders: mvtecCAE (default), baselineCAE, inceptionCAE, resnetCAE, skipCAE; "
-                   "baseline: pixel-gaussian; feature detectors: patchcore, fre, fre-tae, knn, kmeans, feature-ae")
+                   "baseline: pixel-gaussian; feature detectors: patchcore, padim, fre, fre-tae, knn, kmeans, feature-ae")
     p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")

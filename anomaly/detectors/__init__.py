@@ -12,6 +12,7 @@ BASELINES = ("pixel-gaussian",)
 # name -> (module, class) of the detectors that read a pretrained backbone.
 FEATURE_DETECTORS = {
     "patchcore": ("anomaly.detectors.patchcore", "PatchCoreDetector"),
+    "padim": ("anomaly.detectors.padim", "PaDiMDetector"),
     "fre": ("anomaly.detectors.fre", "FREDetector"),
     "fre-tae": ("anomaly.detectors.fre", "TiedAutoencoderFRE"),
     "knn": ("anomaly.detectors.image_level", "KNNDetector"),
