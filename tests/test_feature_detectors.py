@@ -84,7 +84,8 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
         assert params["image_score"] == "detector"
         assert (model_dir / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
         assert (model_dir / "plots" / "synthetic_examples.png").exists() and (model_dir / "plots" / "tsne.png").exists()
-        for method in ("dense", "gradcam"):  # the other maps, from the saved model
+        assert params["method"] == "dense"
+        for method in ("patch", "gradcam"):  # the other maps, from the saved model
             assert finetune_cli.main(["-p", str(model_file), "-m", method, "-q"]) == 0
             assert test_cli.main(["-p", str(model_dir), "-m", method, "-q"]) == 0
             assert json.loads((model_dir / "test" / f"{method}_float64" / "metrics.json").read_text())["pixel_auroc"] >= 0

@@ -11,12 +11,13 @@ training images' embeddings; the image score is the Mahalanobis distance (or, wi
 `density: kde`, the negative log density of a Gaussian kernel density estimate). Three maps
 (`anomaly-finetune -m`):
 
+- `dense` (default): the fine-tuned backbone's own local features (its PatchCore layers, 3x3
+  averaged, stride 4) scored against one Gaussian of every training position; one forward
+  pass per image instead of one per 32 px patch. On bottle it localised better than `patch`
+  (pixel AUROC 0.964 against 0.909, docs/results.md).
 - `patch`, as the paper: 32 px patches of the 256 px image (the patch size scales with the
   input size) at a stride of 8 px are embedded and scored against a Gaussian of the training
   images' patch embeddings, then upsampled and smoothed.
-- `dense`: the fine-tuned backbone's own local features (its PatchCore layers, 3x3 averaged,
-  stride 4) scored against one Gaussian of every training position; one forward pass per
-  image instead of one per patch.
 - `gradcam`: Grad-CAM of the image score (the Mahalanobis distance) on the backbone's last
   feature map: each channel weighted by its mean gradient, summed, rectified, upsampled.
 """
@@ -80,7 +81,9 @@ def fit_gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Mahalanobis distances of (..., D) samples: shape (...)."""
     d = np.asarray(x, np.float64) - mean
-    return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", d, precision, d), 0.0))
+    # A matrix product, then a row-wise dot: BLAS, where a three-operand einsum loops in Python's
+    # C fallback (40x slower for the dense maps' 4096 x 384 features per image).
+    return np.sqrt(np.maximum(((d @ np.asarray(precision, np.float64)) * d).sum(axis=-1), 0.0))
 
 
 class CutPasteDetector(Detector):
@@ -97,9 +100,9 @@ class CutPasteDetector(Detector):
         seed: seeds the weights, the synthetic anomalies and the shuffling.
     """
 
-    methods = ("patch", "dense", "gradcam")
+    methods = ("dense", "patch", "gradcam")
     file_suffix = ".npz"
-    finetune_defaults = {"method": "patch", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
+    finetune_defaults = {"method": "dense", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
                          "image_score": "detector"}
     lr = (0.003, 0.001)  # the spec's SGD rates of the two phases
 
@@ -271,11 +274,24 @@ class CutPasteDetector(Detector):
             self.__dict__["_dense_net"] = keras.Model(
                 self._backbone_model.input, [self._backbone_model.get_layer(n).output for n in names])
 
-        def run(x):
-            out = self.__dict__["_dense_net"](self._to_rgb_input(x), training=False)
-            return local_patches(list(out) if isinstance(out, (list, tuple)) else [out])
+        return in_batches(self._traced("dense", self._dense_batch), np.asarray(images, np.float32), batch_size)[0]
 
-        return in_batches(self._traced("dense", run), np.asarray(images, np.float32), batch_size)[0]
+    def _dense_batch(self, x):
+        out = self.__dict__["_dense_net"](self._to_rgb_input(x), training=False)
+        return local_patches(list(out) if isinstance(out, (list, tuple)) else [out])
+
+    def _dense_scores(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """(N, h, w) Mahalanobis distances of the dense features, computed in TensorFlow (float32)."""
+        self._dense_features(images[:1])  # builds the feature network eagerly, outside any trace
+        mean = tf.constant(self.dense_mean_, tf.float32)
+        precision = tf.constant(self.dense_precision_, tf.float32)
+
+        def run(x):
+            d = self._dense_batch(x) - mean
+            squared = tf.reduce_sum(tf.linalg.matmul(d, precision) * d, axis=-1)
+            return tf.sqrt(tf.maximum(squared, 0.0))
+
+        return in_batches(self._traced("dense_scores", run), np.asarray(images, np.float32), batch_size)[0]
 
     def _gradcam(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """(N, h, w) Grad-CAM of the image Mahalanobis distance on the backbone's last feature map."""
@@ -313,7 +329,7 @@ class CutPasteDetector(Detector):
             return -kde.score_samples(unit(emb))
         return mahalanobis(emb, self.image_mean_, self.image_precision_)
 
-    def anomaly_maps(self, images: np.ndarray, method: str = "patch", dtype: str = "float64",
+    def anomaly_maps(self, images: np.ndarray, method: str = "dense", dtype: str = "float64",
                      batch_size: int | None = None, return_reconstructions: bool = False):
         """(N, H, W) float32 maps (`patch`, `dense` or `gradcam`, see the module), upsampled and smoothed."""
         if method not in self.methods or dtype != "float64":
@@ -324,7 +340,7 @@ class CutPasteDetector(Detector):
             if method == "dense":
                 if getattr(self, "dense_mean_", None) is None:
                     raise AnomalyError("-m dense: this cutpaste model was trained before dense maps existed; retrain it")
-                grid = mahalanobis(self._dense_features(images), self.dense_mean_, self.dense_precision_)
+                grid = self._dense_scores(images)
             else:
                 grid = self._gradcam(images)
             maps = to_full_map(tf.constant(grid, tf.float32), self.input_shape[:2], self.map_sigma).numpy()
