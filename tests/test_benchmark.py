@@ -56,7 +56,7 @@ def test_grid_writes_results_machine_and_plots(grid, demo_root):
         for name in ("roc.png", "pro.png", "hist.png", "examples.png"):
             assert (plots / name).stat().st_size > 0, plots / name
     assert rows[0]["method"] == "mssim" and rows[1]["method"] == "zscore"  # each detector's default map
-    assert rows[0]["max_minutes"] == "30.0" and rows[1]["max_minutes"] == ""  # a budget for training only
+    assert rows[0]["max_minutes"] == "30" and rows[1]["max_minutes"] == ""  # a budget for training only
     md = (out / "results.md").read_text()
     assert "| mvtecCAE | ssim | 0 |" in md and "| pixel-gaussian | none | 0 |" in md
     machine = json.loads((out / "machine.json").read_text())
