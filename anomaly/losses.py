@@ -1,7 +1,12 @@
 """Reconstruction losses and metrics: SSIM, MS-SSIM and L2 for images in [0, 1].
 
 SSIM constants are TensorFlow's (11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03) with the
-dynamic range 1.0 of [0, 1] images. MS-SSIM uses TensorFlow's five scales and power factors.
+dynamic range 1.0 of [0, 1] images. MS-SSIM uses TensorFlow's five scales and power factors but
+not `tf.image.ssim_multiscale`: that clips each scale's term with a ReLU and raises it to a
+fractional power, so one negative term (anti-correlated structure, common in a freshly initialised
+model's output) gives an infinite power gradient times the ReLU's zero, NaN, and the first step
+turns every weight into NaN (baselineCAE and inceptionCAE on bottle did). Here the terms are
+clipped to a small positive floor instead, where the gradient is zero.
 """
 
 from __future__ import annotations
@@ -25,11 +30,61 @@ def ssim_loss(y_true, y_pred):
     return 1.0 - tf.image.ssim(y_true, y_pred, max_val=DYNAMIC_RANGE)
 
 
+MSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# Below it a term counts as no similarity; above 0 so that its power has a finite gradient.
+_MSSIM_FLOOR = 1e-6
+
+
+def _gaussian_window(channels: int, size: int = 11, sigma: float = 1.5):
+    coords = tf.range(size, dtype=tf.float32) - (size - 1) / 2.0
+    g = tf.exp(-0.5 * tf.square(coords) / sigma**2)
+    g = g / tf.reduce_sum(g)
+    window = tf.tensordot(g, g, axes=0)
+    return tf.tile(window[:, :, None, None], [1, 1, channels, 1])
+
+
+def ms_ssim(y_true, y_pred, max_val: float = DYNAMIC_RANGE):
+    """Multi-scale SSIM per image, as `tf.image.ssim_multiscale` but NaN-free (see the module note).
+
+    Args:
+        y_true: images, shape (batch, height, width, channels), height and width >= 176.
+        y_pred: images of the same shape.
+        max_val: the dynamic range of the images.
+
+    Returns:
+        A (batch,) tensor; equal to TensorFlow's value wherever no term is negative.
+    """
+    y_true, y_pred = _f32(y_true, y_pred)
+    window = _gaussian_window(y_true.shape[-1])
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+
+    def blur(x):
+        return tf.nn.depthwise_conv2d(x, window, strides=[1, 1, 1, 1], padding="VALID")
+
+    def half(x):
+        # Odd sizes are padded by reflection before 2x2 average pooling, as TensorFlow does.
+        pad = [[0, 0], [0, x.shape[1] % 2], [0, x.shape[2] % 2], [0, 0]]
+        return tf.nn.avg_pool2d(tf.pad(x, pad, mode="SYMMETRIC"), 2, 2, "VALID")
+
+    terms = []
+    x, y = y_true, y_pred
+    for scale in range(len(MSSIM_POWER_FACTORS)):
+        if scale:
+            x, y = half(x), half(y)
+        mu_x, mu_y = blur(x), blur(y)
+        mu_xy, mu_sq = mu_x * mu_y, tf.square(mu_x) + tf.square(mu_y)
+        cs = (2.0 * (blur(x * y) - mu_xy) + c2) / (blur(tf.square(x) + tf.square(y)) - mu_sq + c2)
+        # Per channel, averaged over positions: the contrast-structure term, and SSIM at the last scale.
+        term = cs * (2.0 * mu_xy + c1) / (mu_sq + c1) if scale == len(MSSIM_POWER_FACTORS) - 1 else cs
+        terms.append(tf.reduce_mean(term, axis=[1, 2]))
+    stacked = tf.maximum(tf.stack(terms, axis=-1), _MSSIM_FLOOR)
+    return tf.reduce_mean(tf.reduce_prod(stacked ** tf.constant(MSSIM_POWER_FACTORS), axis=-1), axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="anomaly")
 def mssim_loss(y_true, y_pred):
     """1 - MS-SSIM per image (five scales; images need at least 176 px)."""
-    y_true, y_pred = _f32(y_true, y_pred)
-    return 1.0 - tf.image.ssim_multiscale(y_true, y_pred, max_val=DYNAMIC_RANGE)
+    return 1.0 - ms_ssim(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package="anomaly")
@@ -53,8 +108,7 @@ def ssim(y_true, y_pred):
 @keras.saving.register_keras_serializable(package="anomaly")
 def mssim(y_true, y_pred):
     """Batch-mean MS-SSIM, the monitoring metric for RGB models."""
-    y_true, y_pred = _f32(y_true, y_pred)
-    return tf.reduce_mean(tf.image.ssim_multiscale(y_true, y_pred, max_val=DYNAMIC_RANGE))
+    return tf.reduce_mean(ms_ssim(y_true, y_pred))
 
 
 LOSSES = {"ssim": ssim_loss, "mssim": mssim_loss, "l2": l2_loss}
