@@ -142,6 +142,7 @@ def test_padim_fits_one_gaussian_per_position(demo_root):
     a = PaDiMDetector.from_config(config).fit(images)
     b = PaDiMDetector.from_config(config).fit(images)
     assert a.mean_.shape == (8, 8, 20) and a.precision_.shape == (8, 8, 20, 20)  # stride-8 grid of 64 px
+    assert a.summary()["bank_size"] == 64 and a.summary()["bank_mb"] == (64 * 20 + 64 * 400) * 4 / 2 ** 20
     np.testing.assert_array_equal(a.channels_, b.channels_)  # seeded channel subset
     np.testing.assert_array_equal(a.precision_, b.precision_)
     # Each precision is the inverse of that position's covariance (+ the regulariser).

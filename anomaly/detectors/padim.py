@@ -81,8 +81,9 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
 
     def summary(self) -> dict:
         h, w, d = self.mean_.shape
-        return {"grid": [h, w], "feature_dim": d, "layers": list(self.layers),
-                "model_mb": (self.mean_.nbytes + self.precision_.nbytes) / 2 ** 20}
+        # Its "bank" is one Gaussian per grid position, reported like the memory banks of the others.
+        return {"grid": [h, w], "feature_dim": d, "layers": list(self.layers), "bank_size": h * w,
+                "bank_mb": (self.mean_.nbytes + self.precision_.nbytes) / 2 ** 20}
 
     def _maps(self, x):
         d = self._selected(x) - tf.constant(self.mean_)
