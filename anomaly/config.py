@@ -63,6 +63,8 @@ class TrainConfig:
         knn_k: knn: neighbours averaged into the score.
         knn_dims: knn: the highest-variance feature dimensions kept.
         kmeans_clusters: kmeans: number of centroids.
+        features_from: kmeans: a trained autoencoder's `.keras` file whose flattened bottleneck
+            is clustered instead of backbone features ("" for the backbone).
         latent_dim: fre-tae and feature-ae: size of the code.
         density: cutpaste: "gde" (Gaussian, Mahalanobis distance) or "kde" (kernel density).
     """
@@ -104,6 +106,7 @@ class TrainConfig:
     knn_k: int = 50
     knn_dims: int = 500
     kmeans_clusters: int = 2
+    features_from: str = ""
     latent_dim: int = 0
     density: str = "gde"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -111,11 +114,14 @@ class TrainConfig:
     @property
     def variant(self) -> str:
         """The model-directory level below the architecture: the loss of an autoencoder, the
-        backbone of a feature detector, "none" for the pixel baseline."""
+        backbone of a feature detector ("bottleneck" for kmeans on an autoencoder's code), "none"
+        for the pixel baseline."""
         from anomaly.detectors import is_autoencoder, uses_backbone
 
         if is_autoencoder(self.architecture):
             return self.loss
+        if self.features_from:
+            return "bottleneck"
         return self.backbone if uses_backbone(self.architecture) else "none"
 
     @property
@@ -170,6 +176,9 @@ class TrainConfig:
             raise AnomalyError(f"--max-minutes: expected a positive number of minutes, got {self.max_minutes}")
         if self.lr is not None and not self.lr > 0:
             raise AnomalyError(f"--lr: expected a positive learning rate, got {self.lr}")
+        if self.features_from and self.architecture != "kmeans":
+            raise AnomalyError(f"--features-from: only kmeans clusters an autoencoder's bottleneck, not "
+                               f"{self.architecture}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

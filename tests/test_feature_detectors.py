@@ -198,3 +198,33 @@ def test_cutpaste_training_is_seeded_and_learns_the_pretext_task(demo_root):
     # A flipped image is farther from the training images' local features than they are.
     flipped = images[:4, ::-1, ::-1]
     assert a.anomaly_maps(flipped, "dense").mean() > a.anomaly_maps(images[:4], "dense").mean()
+
+
+def test_kmeans_clusters_a_trained_autoencoders_bottleneck(trained, demo_root, tmp_path, capsys):
+    """Seed 001's variant: KMeans on a CAE's flattened code; the model directory keeps its own encoder copy."""
+    import shutil
+
+    (cae_file,) = trained.rglob("*.keras")
+    cae_copy = tmp_path / "cae.keras"  # deleted below: the kmeans model must not need it
+    shutil.copy(cae_file, cae_copy)
+    out = tmp_path / "models"
+    assert train_cli.main(train_args(demo_root, out, "-a", "kmeans", "--features-from", str(cae_copy),
+                                      "-c", "grayscale")) == 0
+    (model_file,) = out.rglob("kmeans.npz")
+    model_dir = model_file.parent
+    assert model_dir.parent.name == "bottleneck" and (model_dir / "encoder.keras").is_file()
+    latent = tf.keras.models.load_model(cae_copy, compile=False).get_layer("latent").output.shape
+    assert json.loads((model_dir / "detector.json").read_text())["feature_dim"] == np.prod(latent[1:])
+    cae_copy.unlink()
+    assert finetune_cli.main(["-p", str(model_file), "-q"]) == 0
+    assert test_cli.main(["-p", str(model_dir), "-q"]) == 0
+    metrics = json.loads((model_dir / "test" / "kmeans_float64" / "metrics.json").read_text())
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_auroc"] is None
+    capsys.readouterr()
+
+    # The grayscale autoencoder cannot read kmeans' default RGB images: a one-line error, nothing written.
+    assert run(train_cli.main, train_args(demo_root, tmp_path / "rgb", "-a", "kmeans", "--features-from",
+                                          str(cae_file))) == 2
+    assert "--features-from" in capsys.readouterr().err and not (tmp_path / "rgb").exists()
+    assert run(train_cli.main, train_args(demo_root, tmp_path / "p", "-a", "patchcore", "--features-from",
+                                          str(cae_file))) == 2

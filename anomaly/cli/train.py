@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "resnet50, mobilenet_v2, efficientnet_b0..b5")
     p.add_argument("--weights", help="backbone weights: imagenet (default), random, or a weights file")
     p.add_argument("--layers", help="feature detectors: comma-separated backbone layers (default per detector)")
+    p.add_argument("--features-from", metavar="MODEL_FILE", help="kmeans: cluster this trained autoencoder's "
+                   "bottleneck (its .keras file) instead of backbone features")
     p.add_argument("--coreset-ratio", type=float, help="patchcore: share of training patches kept (default 0.002)")
     p.add_argument("-o", "--output-dir", help="root of model directories (default saved_models)")
     p.add_argument("-i", "--inspect", action="store_const", const=True, help="save inspection images")

@@ -4,6 +4,10 @@ They score whole images, not positions, so their "map" is the image score painte
 pixel. Through the shared finetune that means: a region over the threshold is the whole image
 or nothing, so min_area has no effect and the threshold is a threshold on the image score;
 test reports no pixel metrics for them (`pixel_level = False`).
+
+KMeans can also cluster a trained autoencoder's bottleneck instead of backbone features (seed
+001 clustered its UNet's flattened bottleneck): `--features-from MODEL.keras`. The encoder is
+copied into the KMeans model directory, so the autoencoder's own directory may move or go.
 """
 
 from __future__ import annotations
@@ -119,11 +123,53 @@ class KNNDetector(_PooledFeatureDetector):
         return det
 
 
+class BottleneckExtractor:
+    """A trained autoencoder's `"latent"` layer, flattened, in the shape of a 1x1 feature map.
+
+    The 1x1 shape lets the pooled-feature detectors read it like a backbone layer: their global
+    average over positions is then the flattened code itself.
+
+    Args:
+        encoder: a Keras model from images in [0, 1] to the latent map.
+    """
+
+    ENCODER_FILE = "encoder.keras"
+
+    def __init__(self, encoder):
+        self.model = encoder
+
+    @classmethod
+    def from_autoencoder(cls, model_file: str | Path, input_shape) -> "BottleneckExtractor":
+        """The encoder half of a saved autoencoder (`anomaly-train -a <CAE>`'s `.keras` file)."""
+        import keras
+
+        if not Path(model_file).is_file():
+            raise AnomalyError(f"--features-from {model_file}: no such model file")
+        try:
+            model = keras.models.load_model(model_file, compile=False)
+            latent = model.get_layer("latent").output
+        except Exception as exc:  # a missing, corrupt or foreign file: Keras raises many kinds
+            raise AnomalyError(f"--features-from {model_file}: expected an autoencoder's .keras model file with a "
+                               f"'latent' layer ({type(exc).__name__})") from None
+        shape = tuple(model.input_shape[1:])
+        if shape != tuple(input_shape):
+            raise AnomalyError(f"--features-from {model_file}: the autoencoder reads {shape[0]}x{shape[1]}x{shape[2]} "
+                               f"images, the data is read as {input_shape[0]}x{input_shape[1]}x{input_shape[2]}: "
+                               f"pass its --input-size and --color")
+        return cls(keras.Model(model.input, latent, name="encoder"))
+
+    def __call__(self, images: tf.Tensor) -> list[tf.Tensor]:
+        code = self.model(tf.convert_to_tensor(images, tf.float32), training=False)
+        return [tf.reshape(code, (-1, 1, 1, int(np.prod(code.shape[1:]))))]
+
+
 class KMeansDetector(_PooledFeatureDetector):
-    """Distance to the nearest KMeans centroid of the training images' pooled features (seed 001).
+    """Distance to the nearest KMeans centroid of the training images' features (seed 001).
 
     Args:
         n_clusters: centroids (2, as seed 001).
+        features_from: a trained autoencoder's `.keras` file: cluster its flattened bottleneck
+            instead of the backbone's pooled features ("" for the backbone).
     """
 
     methods = ("kmeans",)
@@ -131,14 +177,22 @@ class KMeansDetector(_PooledFeatureDetector):
     finetune_defaults = {"method": "kmeans", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
 
     def __init__(self, input_shape, backbone="efficientnet_lite0", weights="imagenet", layers=(),
-                 n_clusters: int = 2, seed: int = 0, batch_size: int = 16):
+                 n_clusters: int = 2, seed: int = 0, batch_size: int = 16, features_from: str = ""):
         super().__init__(input_shape, backbone, weights, layers, seed, batch_size)
-        self.n_clusters = n_clusters
+        self.n_clusters, self.features_from = n_clusters, features_from
+        if features_from:
+            self.layers = ("latent",)
 
     @classmethod
     def from_config(cls, config) -> "KMeansDetector":
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.kmeans_clusters,
-                   config.seed)
+                   config.seed, features_from=config.features_from)
+
+    @property
+    def extractor(self):
+        if self.features_from and self._extractor is None:
+            self._extractor = BottleneckExtractor.from_autoencoder(self.features_from, self.input_shape)
+        return super().extractor
 
     def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "KMeansDetector":
         """Learn `centroids_` (n_clusters, C)."""
@@ -162,9 +216,15 @@ class KMeansDetector(_PooledFeatureDetector):
 
     def save(self, path: Path) -> None:
         np.savez(path, centroids=self.centroids_)
+        if self.features_from:
+            self.extractor.model.save(Path(path).with_name(BottleneckExtractor.ENCODER_FILE))
 
     @classmethod
     def load(cls, config, model_file: Path) -> "KMeansDetector":
         det = cls.from_config(config)
         (det.centroids_,) = det._load_arrays(model_file, ("centroids",))
+        if det.features_from:
+            # The copy saved beside the centroids, not the autoencoder named at training time.
+            det._extractor = BottleneckExtractor.from_autoencoder(
+                Path(model_file).with_name(BottleneckExtractor.ENCODER_FILE), det.input_shape)
         return det
