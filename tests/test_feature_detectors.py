@@ -221,6 +221,9 @@ def test_kmeans_clusters_a_trained_autoencoders_bottleneck(trained, demo_root, t
     metrics = json.loads((model_dir / "test" / "kmeans_float64" / "metrics.json").read_text())
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_auroc"] is None
     capsys.readouterr()
+    (model_dir / "encoder.keras").rename(tmp_path / "moved.keras")
+    assert run(test_cli.main, ["-p", str(model_dir), "-q"]) == 2
+    assert "encoder.keras is missing" in capsys.readouterr().err
 
     # The grayscale autoencoder cannot read kmeans' default RGB images: a one-line error, nothing written.
     assert run(train_cli.main, train_args(demo_root, tmp_path / "rgb", "-a", "kmeans", "--features-from",

@@ -225,6 +225,9 @@ class KMeansDetector(_PooledFeatureDetector):
         (det.centroids_,) = det._load_arrays(model_file, ("centroids",))
         if det.features_from:
             # The copy saved beside the centroids, not the autoencoder named at training time.
-            det._extractor = BottleneckExtractor.from_autoencoder(
-                Path(model_file).with_name(BottleneckExtractor.ENCODER_FILE), det.input_shape)
+            encoder = Path(model_file).with_name(BottleneckExtractor.ENCODER_FILE)
+            if not encoder.is_file():
+                raise AnomalyError(f"-p {model_file}: {encoder.name} is missing beside it (kmeans on an "
+                                   f"autoencoder's bottleneck keeps its encoder there)")
+            det._extractor = BottleneckExtractor.from_autoencoder(encoder, det.input_shape)
         return det
