@@ -221,7 +221,8 @@ def plan_grid(data: Sequence[str | Path], detectors: Sequence[str], losses: Sequ
 
 def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | None, lr: float | None,
                      mode: str, method: str | None = None, smooth: float | None = None,
-                     normalize: bool | None = None, max_minutes: float | None = None) -> dict[tuple[str, str], dict]:
+                     normalize: bool | None = None, max_minutes: float | None = None,
+                     input_width: int | None = None) -> dict[tuple[str, str], dict]:
     """Resolve and check the training configuration of every (detector, variant) up front.
 
     Running `load_train_config` here, before anything is written, turns a bad flag value
@@ -231,7 +232,8 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
     Returns:
         For each (detector, variant): the overrides to pass to `load_train_config` in the
         worker (without data_dir, seed and output_dir) and the resolved epochs, input_size
-        and lr (and max_minutes, the autoencoders' training budget).
+        and lr (and max_minutes, the autoencoders' training budget). A non-square input size
+        is "HxW".
     """
     from anomaly.config import load_train_config
     from anomaly.detectors import is_autoencoder, uses_backbone
@@ -243,7 +245,8 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
     for run in runs:
         if (run.detector, run.variant) in settings:
             continue
-        overrides = {"architecture": run.detector, "epochs": epochs, "input_size": input_size, "lr": lr}
+        overrides = {"architecture": run.detector, "epochs": epochs, "input_size": input_size,
+                     "input_width": input_width, "lr": lr}
         if is_autoencoder(run.detector):
             overrides["loss"] = run.variant
             overrides["max_minutes"] = max_minutes
@@ -257,7 +260,8 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         epochs_used = trained or run.detector in ("fre-tae", "feature-ae")
         settings[(run.detector, run.variant)] = {
             "overrides": overrides, "epochs": config.epochs if epochs_used else None,
-            "input_size": config.input_size, "lr": config.lr if trained else None, "mode": mode,
+            "input_size": config.input_size if config.input_width is None else "x".join(map(str, config.image_size)),
+            "lr": config.lr if trained else None, "mode": mode,
             "max_minutes": config.max_minutes if trained else None,
             # --map applies to autoencoders; other detectors keep their own map.
             "method": method if trained else None, "smooth": smooth, "normalize": normalize}
@@ -405,7 +409,8 @@ def results_markdown(rows: Iterable[dict], machine: dict | None = None) -> str:
         lines += [facts, "", f"    {machine.get('command', '')}", ""]
     legend = ("Test metrics exclude the images used for finetuning. fit s: wall time of fitting; "
               "test img/s: test images per second end to end; peak MB: the run's peak resident memory; "
-              "bank: the memory bank's size (patchcore: patches, knn: images, kmeans: centroids). "
+              "bank: the memory bank's size (patchcore: patches, padim: Gaussians, one per grid position, "
+              "knn: images, kmeans: centroids). "
               "Model directories (`model_dir` in results.csv) are relative to this folder.")
     lines += [legend, ""]
     aligns = ["---" if dec is None else "---:" for _, _, dec in _TABLE]
@@ -530,7 +535,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
                   input_size: int | None = None, lr: float | None = None, mode: str = "normal-only",
                   progress: bool = True, command: str | None = None, method: str | None = None,
                   smooth: float | None = None, normalize: bool | None = None,
-                  max_minutes: float | None = None) -> list[dict[str, str]]:
+                  max_minutes: float | None = None, input_width: int | None = None) -> list[dict[str, str]]:
     """Run a benchmark grid (or the part of it not yet done) and write its result files.
 
     Everything is checked before the output folder is created: names, dataset folders and
@@ -545,6 +550,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         output_dir: the benchmark folder; benchmarks/<YYYY-MM-DD> when None.
         epochs: the training epoch cap; the configuration's when None.
         input_size: the image size; the configuration's when None.
+        input_width: the width of non-square images; input_size when None.
         lr: a fixed peak learning rate; None runs the learning-rate finder.
         mode: finetune mode, "semi" or "normal-only".
         method: the autoencoders' map (ssim, mssim or l2); their default when None.
@@ -562,7 +568,8 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         AnomalyError: bad input, before anything is written.
     """
     runs = plan_grid(data, detectors, losses, seeds, backbones)
-    settings = resolve_settings(runs, epochs, input_size, lr, mode, method, smooth, normalize, max_minutes)
+    settings = resolve_settings(runs, epochs, input_size, lr, mode, method, smooth, normalize, max_minutes,
+                                input_width)
     output_dir = Path(output_dir) if output_dir else default_output_dir()
     csv_path, md_path = output_dir / "results.csv", output_dir / "results.md"
     rows = read_results(csv_path)  # before mkdir: a foreign CSV leaves the folder untouched

@@ -28,7 +28,10 @@ class TrainConfig:
         architecture: a name from `anomaly.detectors.list_detectors()`.
         color_mode: "grayscale" or "rgb".
         loss: "ssim", "mssim" or "l2".
-        input_size: images are resized to input_size x input_size.
+        input_size: images are resized to input_size x input_size, or to input_size (height)
+            x input_width (width) when input_width is set.
+        input_width: the width of non-square inputs, e.g. for long thin parts whose photographs
+            were squeezed into squares; None: square.
         batch_size: training batch size.
         epochs: the cap on training epochs (early stopping usually ends training before).
         max_minutes: autoencoders: a training time budget in minutes, learning-rate finder
@@ -74,6 +77,7 @@ class TrainConfig:
     color_mode: str = "grayscale"
     loss: str = "ssim"
     input_size: int = 256
+    input_width: int | None = None
     batch_size: int = 8
     epochs: int = 1024
     max_minutes: float | None = None
@@ -134,12 +138,17 @@ class TrainConfig:
         return 1 if self.color_mode == "grayscale" else 3
 
     @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) the images are resized to."""
+        return (self.input_size, self.input_width or self.input_size)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (self.input_size, self.input_size, self.channels)
+        return (*self.image_size, self.channels)
 
     def validate(self) -> "TrainConfig":
         """Check values a user can get wrong; raise AnomalyError naming the flag."""
-        from anomaly.detectors import list_detectors
+        from anomaly.detectors import is_autoencoder, list_detectors
 
         if self.architecture not in list_detectors():
             raise AnomalyError(f"--architecture: unknown architecture '{self.architecture}': "
@@ -147,10 +156,14 @@ class TrainConfig:
         _choice("--loss", self.loss, LOSSES)
         _choice("--color", self.color_mode, COLOR_MODES)
         _choice("--precision", self.precision, PRECISIONS)
-        if self.input_size < 32 or self.input_size % 32:
-            raise AnomalyError(f"--input-size: expected a multiple of 32 (>= 32), got {self.input_size}")
-        if self.loss == "mssim" and self.input_size < MSSIM_MIN_SIZE:
-            raise AnomalyError(f"--loss mssim needs --input-size >= {MSSIM_MIN_SIZE}, got {self.input_size}")
+        for flag, side in (("--input-size", self.input_size), ("--input-width", self.input_width)):
+            if side is not None and (side < 32 or side % 32):
+                raise AnomalyError(f"{flag}: expected a multiple of 32 (>= 32), got {side}")
+        if self.loss == "mssim" and min(self.image_size) < MSSIM_MIN_SIZE and is_autoencoder(self.architecture):
+            raise AnomalyError(f"--loss mssim needs --input-size and --input-width >= {MSSIM_MIN_SIZE}, "
+                               f"got {self.image_size[0]}x{self.image_size[1]}")
+        if self.architecture == "cutpaste" and self.image_size[0] != self.image_size[1]:
+            raise AnomalyError("--input-width: cutpaste turns images by 90 degrees and needs square ones")
         for flag, value in (("--batch", self.batch_size), ("--epochs", self.epochs)):
             if value < 1:
                 raise AnomalyError(f"{flag}: expected a positive integer, got {value}")

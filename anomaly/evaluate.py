@@ -50,7 +50,7 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
     threshold, min_area = params["threshold"], params["min_area"]
     test = loaded.dataset.require_test()
     used = set(params.get("finetune_images", []))
-    size = (loaded.config.input_size,) * 2
+    size = loaded.config.image_size
 
     # Warm up on one image first: loading the backbone and tracing the graph happen once per
     # process, and images_per_second is the steady rate (reading the images included).

@@ -54,7 +54,7 @@ class LoadedModel:
 
     def maps(self, samples: list[Sample], method: str, dtype: str, smooth: float = 0.0):
         """(images, maps) of samples; maps Gaussian-smoothed with sigma `smooth` when > 0."""
-        size = (self.config.input_size,) * 2
+        size = self.config.image_size
         images = read_images([s.path for s in samples], self.config.color_mode, size)
         return images, smooth_maps(self.detector.anomaly_maps(images, method, dtype), smooth)
 

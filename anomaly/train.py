@@ -50,7 +50,7 @@ def load_split(dataset: Dataset, config: TrainConfig):
     if not val:
         raise AnomalyError(f"{dataset.root / 'train' / 'good'}: need at least 2 images "
                            f"(one is held out for validation), found {len(dataset.train)}")
-    size = (config.input_size, config.input_size)
+    size = config.image_size
     return (train, val, read_images([s.path for s in train], config.color_mode, size),
             read_images([s.path for s in val], config.color_mode, size))
 
@@ -164,7 +164,7 @@ def inspect(detector: AutoencoderDetector, dataset: Dataset, val_s, val_x: np.nd
     if dataset.test:
         step = max(len(dataset.test) // N_INSPECT, 1)
         picked = dataset.test[::step][:N_INSPECT]
-        size = (detector.config.input_size,) * 2
+        size = detector.config.image_size
         groups.append(("test", picked, read_images([s.path for s in picked], detector.config.color_mode, size)))
     for group, samples, images in groups:
         maps, recons = detector.anomaly_maps(images, method, "float64", return_reconstructions=True)

@@ -221,3 +221,17 @@ def test_normalized_maps_are_saved_and_reused_by_test(trained, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["normalize"] is True
     amap = np.load(next((out / "maps").rglob("*.npy")))
     assert amap.min() < 0  # z-scores, not raw squared errors
+
+
+@pytest.mark.parametrize("architecture", ["mvtecCAE", "padim"])
+def test_non_square_inputs_run_the_whole_pipeline(architecture, demo_root, tmp_path, monkeypatch):
+    """--input-width: long parts keep their shape; maps, saved arrays and metrics are H x W."""
+    monkeypatch.setenv("ANOMALY_CACHE_DIR", str(tmp_path / "cache"))
+    assert train_cli.main(train_args(demo_root, tmp_path, "-a", architecture, "--input-size", "96",
+                                     "--input-width", "64", "-e", "1")) == 0
+    (model_dir,) = {p.parent for p in tmp_path.rglob("config.yaml")}
+    assert finetune_cli.main(["-p", str(model_dir), "-q"]) == 0
+    assert test_cli.main(["-p", str(model_dir), "--save", "-q"]) == 0
+    (metrics_file,) = model_dir.glob("test/*/metrics.json")
+    assert 0.0 <= json.loads(metrics_file.read_text())["pixel_auroc"] <= 1.0
+    assert np.load(next((model_dir / "test").rglob("*.npy"))).shape == (96, 64)

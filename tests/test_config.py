@@ -292,3 +292,15 @@ def test_to_dict_config_from_dict_round_trip_keeps_extra():
     c = config_from_dict({"loss": "l2", "split": {"validation": ["train/good/001.png"]}})
     again = config_from_dict(c.to_dict())
     assert again.extra == c.extra
+
+
+def test_input_width_makes_non_square_images(config_dir):
+    config = load_train_config({"data_dir": "x", "input_size": 640, "input_width": 128})
+    assert config.image_size == (640, 128) and config.input_shape == (640, 128, 1)
+    assert load_train_config({"data_dir": "x"}).image_size == (256, 256)
+    with pytest.raises(AnomalyError, match="--input-width: expected a multiple of 32"):
+        load_train_config({"data_dir": "x", "input_width": 100})
+    with pytest.raises(AnomalyError, match="--input-width: cutpaste"):
+        load_train_config({"data_dir": "x", "architecture": "cutpaste", "input_width": 128})
+    with pytest.raises(AnomalyError, match="--loss mssim needs"):
+        load_train_config({"data_dir": "x", "loss": "mssim", "input_width": 128})

@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from the configuration)")
     p.add_argument("--max-minutes", type=float, help="autoencoders: training time budget per run in minutes "
                    "(default none)")
-    p.add_argument("--input-size", type=int, help="image size (default from the configuration)")
+    p.add_argument("--input-size", type=int, help="image size (default from the configuration); the height "
+                   "when --input-width is given")
+    p.add_argument("--input-width", type=int, help="the width of non-square images (default: --input-size)")
     p.add_argument("--mode", default="normal-only", help="finetune mode: normal-only (default) or semi")
     p.add_argument("--map", dest="method", help="autoencoder map: ssim, mssim or l2 (default: the detector's)")
     p.add_argument("--smooth", type=float, help="finetune --smooth sigma (default: each detector's)")
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                          backbones=args.backbones, output_dir=output_dir, epochs=args.epochs, input_size=args.input_size,
                          lr=args.lr, mode=args.mode, progress=not args.quiet, command=command,
                          method=args.method, smooth=args.smooth, normalize=args.normalize,
-                         max_minutes=args.max_minutes)
+                         max_minutes=args.max_minutes, input_width=args.input_width)
     print(format_table(rows))
     print(f"saved: {output_dir}/results.csv, results.md, machine.json, plots/")
     failed = sum(r.get("status") != "ok" for r in rows)

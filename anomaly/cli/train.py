@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
     p.add_argument("--lr-finder-epochs", type=int, help="most epochs of the learning-rate finder (default 10)")
-    p.add_argument("--input-size", type=int, help="resize images to this square size (default 256)")
+    p.add_argument("--input-size", type=int, help="resize images to this square size (default 256); the height "
+                   "when --input-width is given")
+    p.add_argument("--input-width", type=int, help="the width of non-square inputs (default: --input-size), "
+                   "e.g. --input-size 640 --input-width 128 for long parts squeezed into square pictures")
     p.add_argument("--precision", help="float32 (default) or mixed_bfloat16")
     p.add_argument("--xla", dest="jit_compile", action="store_const", const=True, help="compile with XLA")
     p.add_argument("--backbone", help="feature detectors: efficientnet_lite0 (default), efficientnet_lite2, "

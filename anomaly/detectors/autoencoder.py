@@ -124,7 +124,7 @@ class AutoencoderDetector(Detector):
 
         # A fresh optimizer: the original kept Adam's moments from the range test.
         self.model.compile(optimizer=make_optimizer(lr / 10), loss=loss_fn,
-                           metrics=[get_metric(cfg.color_mode, cfg.input_size)],
+                           metrics=[get_metric(cfg.color_mode, min(cfg.image_size))],
                            jit_compile=cfg.jit_compile)
         schedule = OneCycle(lr, steps)
         keeper = PatienceAndCheckpoint(checkpoint_dir, schedule, cfg.early_stopping,
