@@ -148,3 +148,15 @@ def test_unknown_names_exit_2_before_anything_is_written(flag, value, needle, de
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err and value in err, err
     assert not out.exists()
+
+
+def test_non_square_inputs_reach_every_run_and_the_size_column(demo_root):
+    runs = benchmark.plan_grid([demo_root], ["padim", "pixel-gaussian"], ["ssim"], [0])
+    settings = benchmark.resolve_settings(runs, None, 640, None, "normal-only", input_width=128)
+    for setting in settings.values():
+        assert setting["overrides"]["input_width"] == 128 and setting["input_size"] == "640x128"
+    square = benchmark.resolve_settings(runs, None, 128, None, "normal-only")
+    assert square[("padim", "efficientnet_lite0")]["input_size"] == 128
+    with pytest.raises(AnomalyError, match="--input-width: cutpaste"):
+        benchmark.resolve_settings(benchmark.plan_grid([demo_root], ["cutpaste"], ["ssim"], [0]), None, 256, None,
+                                   "normal-only", input_width=128)
