@@ -35,12 +35,12 @@ MSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _MSSIM_FLOOR = 1e-6
 
 
-def _gaussian_window(channels: int, size: int = 11, sigma: float = 1.5):
-    coords = tf.range(size, dtype=tf.float32) - (size - 1) / 2.0
-    g = tf.exp(-0.5 * tf.square(coords) / sigma**2)
-    g = g / tf.reduce_sum(g)
-    window = tf.tensordot(g, g, axes=0)
-    return tf.tile(window[:, :, None, None], [1, 1, channels, 1])
+def _gaussian_window(channels: int):
+    """The 11x11 SSIM window (the residual maps' taps) as a depthwise kernel."""
+    from anomaly.resmaps import gaussian_taps
+
+    g = tf.constant(gaussian_taps())
+    return tf.tile(tf.tensordot(g, g, axes=0)[:, :, None, None], [1, 1, channels, 1])
 
 
 def ms_ssim(y_true, y_pred, max_val: float = DYNAMIC_RANGE):

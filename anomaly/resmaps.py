@@ -53,7 +53,8 @@ def check_method(method: str, dtype: str, methods: tuple[str, ...] = METHODS) ->
         raise AnomalyError(f"--dtype: unknown dtype '{dtype}': expected one of {', '.join(DTYPES)}")
 
 
-def _gaussian_taps() -> np.ndarray:
+def gaussian_taps() -> np.ndarray:
+    """The 11 taps (sigma 1.5, summing to 1) of the separable SSIM window."""
     x = np.arange(_WIN, dtype=np.float64) - (_WIN - 1) / 2
     g = np.exp(-(x ** 2) / (2 * _SIGMA ** 2))
     return (g / g.sum()).astype(np.float32)
@@ -66,7 +67,7 @@ def _filter(x: tf.Tensor) -> tf.Tensor:
     """
     pad = _WIN // 2
     channels = x.shape[-1]
-    g = tf.constant(_gaussian_taps())
+    g = tf.constant(gaussian_taps())
     rows = tf.tile(tf.reshape(g, (_WIN, 1, 1, 1)), (1, 1, channels, 1))
     cols = tf.tile(tf.reshape(g, (1, _WIN, 1, 1)), (1, 1, channels, 1))
     x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")
