@@ -475,7 +475,7 @@ def _execute(run: Run, settings: dict, output_dir: Path) -> dict:
             "normalize": settings.get("normalize"),
             "models_dir": str((output_dir / "models").resolve()),
             "plots_dir": str((output_dir / "plots" / run.name).resolve()),
-            "result_file": str(result_file.resolve())}
+            "result_file": str(result_file.resolve()), "parent_pid": os.getpid()}
     code = _start_worker(args, log_path)
     if result_file.exists():
         result = json.loads(result_file.read_text())
@@ -574,7 +574,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
     csv_path, md_path = output_dir / "results.csv", output_dir / "results.md"
     rows = read_results(csv_path)  # before mkdir: a foreign CSV leaves the folder untouched
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    modeldir.check_output_dir(output_dir)
     command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     machine = _write_machine(output_dir, command, progress)
 

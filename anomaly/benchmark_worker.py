@@ -40,6 +40,36 @@ def peak_memory_mb() -> float:
     return maxrss / 2 ** 20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB on Linux
 
 
+def die_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """End this process when the benchmark that started it is gone (killed, even with SIGKILL).
+
+    An orphaned worker would go on training and write a model folder that no results row
+    refers to. Linux delivers SIGKILL at the parent's death (PR_SET_PDEATHSIG); elsewhere a
+    daemon thread notices that the parent changed.
+    """
+    import os
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(137)
+            time.sleep(interval)
+
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(137)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def run(args: dict) -> dict:
     """Train, finetune and test one grid cell, then draw its figures.
 
@@ -96,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = json.loads(argv[0])
+    if args.get("parent_pid"):
+        die_with_parent(int(args["parent_pid"]))
     start = time.perf_counter()
     code = 0
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,11 @@ class TrainConfig:
         """Check values a user can get wrong; raise AnomalyError naming the flag."""
         from anomaly.detectors import is_autoencoder, list_detectors
 
+        # NaN passes every comparison below (they are all False), so reject it first.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise AnomalyError(f"--{f.name.replace('_', '-')}: expected a finite number, got {value}")
         if self.architecture not in list_detectors():
             raise AnomalyError(f"--architecture: unknown architecture '{self.architecture}': "
                                f"expected one of {', '.join(list_detectors())}")
@@ -246,16 +252,19 @@ def _coerce(key: str, value: Any, kind: str, source: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise bad("an integer") from None
-        if not number.is_integer():
+        if not math.isfinite(number) or not number.is_integer():
             raise bad("an integer")
         return int(number)
     if kind.startswith("float"):
         if isinstance(value, bool):
             raise bad("a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad("a number") from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
+        return number
     return str(value)
 
 

@@ -3,3 +3,7 @@
 
 class AnomalyError(Exception):
     """Bad input (a file, a folder, a flag) described in one line for the user."""
+
+
+class AnomalyWarning(UserWarning):
+    """Input used with a caveat the user should know of; the CLI prints it as one line."""

@@ -63,6 +63,10 @@ def load_model(path: str | Path) -> LoadedModel:
     """Resolve `-p` (model file or directory) and load the model, its config and its dataset."""
     model_dir, model_file = modeldir.resolve(path)
     config = config_from_dict(modeldir.read_config(model_dir))
+    try:
+        config.validate()
+    except AnomalyError as exc:
+        raise AnomalyError(f"{model_dir / modeldir.CONFIG_FILE}: {exc}") from None
     dataset = find_dataset(config.data_dir)
     detector = load_detector(config, model_file)
     return LoadedModel(model_dir, model_file, config, dataset, detector)
@@ -175,6 +179,9 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         raise AnomalyError(f"--split: expected a fraction in (0, 1), got {fraction}")
     if not 0 <= target_fpr < 1:
         raise AnomalyError(f"--target-fpr: expected a fraction in [0, 1), got {target_fpr}")
+    for flag, sigma in (("--smooth", smooth), ("--score-sigma", score_sigma)):
+        if sigma is not None and not 0 <= sigma < float("inf"):  # NaN fails this too
+            raise AnomalyError(f"{flag}: expected a finite sigma >= 0, got {sigma}")
     loaded = load_model(path)
     defaults = loaded.detector.finetune_defaults
     method = method or defaults["method"]
@@ -190,8 +197,6 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         raise AnomalyError(f"--score: unknown image score '{score}': expected one of {', '.join(SCORES)}")
     if score == "detector" and not hasattr(loaded.detector, "image_scores"):
         raise AnomalyError(f"--score detector: {cfg.architecture} has no image score of its own; use max, area or mean")
-    if smooth < 0:
-        raise AnomalyError(f"--smooth: expected a sigma >= 0, got {smooth}")
     _, val_maps = loaded.maps(val, method, dtype, smooth)
     stats = None
     if normalize:

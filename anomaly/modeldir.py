@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -26,9 +27,38 @@ MODEL_SUFFIXES = (".keras", ".hdf5", ".h5", ".npz")
 CONFIG_FILE = "config.yaml"
 
 
+def check_output_dir(output_dir: str | Path, flag: str = "-o") -> Path:
+    """Make sure `output_dir` is a writable folder or can be made one, before any work is done.
+
+    Nothing is created: a run that fails later on other input leaves no empty folder behind.
+
+    Raises:
+        AnomalyError: it is a file, lies under a file, or its nearest existing folder is not
+            writable.
+    """
+    path = Path(output_dir).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a file" if existing == path else f"under the file {existing}"
+        raise AnomalyError(f"{flag} {path}: expected a folder, got {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AnomalyError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
 def new_model_dir(output_dir: str | Path, dataset_name: str, architecture: str, variant: str) -> Path:
-    """Create a fresh timestamped model directory; never reuses an existing one."""
-    base = Path(output_dir) / dataset_name / architecture / variant
+    """Create a fresh timestamped model directory inside `output_dir`; never reuses an existing one.
+
+    Raises:
+        AnomalyError: the names would place the directory outside `output_dir` (e.g. "..").
+    """
+    root = Path(output_dir).resolve()
+    base = root / dataset_name / architecture / variant
+    if any(part in ("", ".", "..") for part in Path(dataset_name, architecture, variant).parts) \
+            or not base.resolve().is_relative_to(root):
+        raise AnomalyError(f"-o {output_dir}: the model directory {base} would not lie inside it")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     for i in range(1000):
         path = base / (stamp if i == 0 else f"{stamp}_{i}")
@@ -68,17 +98,66 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / CONFIG_FILE
     if not path.exists():
         raise AnomalyError(f"{model_dir}: no {CONFIG_FILE} (not a model directory made by anomaly-train)")
-    return yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise AnomalyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise AnomalyError(f"{path}: expected a mapping of option: value")
+    return data
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _tmp_prefix(name: str) -> str:
+    # The writer's pid in the name lets a later run tell a dead run's leftovers from a live one's.
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporary and old copies of `target` left by runs that were killed."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for kind in ("tmp", "old"):
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"):
+            pid = leftover.name[len(f".{target.name}.{kind}-"):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a file whole or not at all (temporary file, then rename)."""
+    """Write a file whole or not at all (temporary file, then rename), with the umask's permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name))
+    try:
+        # mkstemp makes 0600 files; the result should be readable as any file the user writes.
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -99,7 +178,9 @@ def replace_folder(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_tmp_prefix(target.name)))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders; colleagues must read the results
     try:
         yield tmp
     except BaseException:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from anomaly.arrays import load_npz
+from anomaly.errors import AnomalyError
+
 # 8-connectivity in each image and none across the stack, so a batch labels in one call.
 _STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _STRUCTURE[1] = True
@@ -115,8 +118,11 @@ class MapStats:
 
     @classmethod
     def load(cls, path) -> "MapStats":
-        with np.load(path) as data:
-            return cls(data["mean"], data["std"])
+        try:
+            with load_npz(path) as data:
+                return cls(data["mean"], data["std"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise AnomalyError(f"{path}: cannot load the map statistics ({exc})") from None
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:

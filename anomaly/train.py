@@ -78,6 +78,8 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
         training record.
     """
     dataset = find_dataset(config.data_dir)
+    if resume_dir is None:
+        modeldir.check_output_dir(config.output_dir)  # fail now, not after reading every image
     set_seed(config.seed)
     train_s, val_s, train_x, val_x = load_split(dataset, config)
     detector = None

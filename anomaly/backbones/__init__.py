@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from anomaly.arrays import load_npz
 from anomaly.errors import AnomalyError
 
 
@@ -89,21 +90,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ANOMALY_CACHE_DIR") or Path.home() / ".cache" / "anomaly")
 
 
-def build_backbone(name: str, weights: str = "imagenet", input_shape=(256, 256, 3)):
+def build_backbone(name: str, weights: str = "imagenet", input_shape=(256, 256, 3), seed: int = 0):
     """The backbone as a `keras.Model` and its preprocessing.
 
     Args:
         name: a name from `list_backbones()`.
         weights: "imagenet", "random" or a weights file (see the module docstring).
         input_shape: (H, W, 3).
+        seed: seeds the "random" weights, so a model reloaded for finetune or test gets the
+            very network it was fitted on.
 
     Returns:
         (model, preprocess): `preprocess` maps RGB float tensors in [0, 1] to the model's input.
     """
     backbone_spec(name)
-    if name in _LITE:
-        return _lite(name, weights, input_shape)
-    return _keras_application(name, weights, input_shape)
+    build = _lite if name in _LITE else _keras_application
+    if weights != "random":
+        return build(name, weights, input_shape)
+    import random
+
+    import keras
+
+    # Keras draws unseeded initial weights from its global seed generator; seed it for this
+    # build only, and give Python's and NumPy's generators their state back.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        return build(name, weights, input_shape)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _lite(name: str, weights: str, input_shape):
@@ -169,17 +185,16 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
 
     try:
         if path.suffix == ".npz":
-            with np.load(path) as data:
-                return {k: data[k] for k in data.files}
+            return dict(load_npz(path))
         return load_legacy_state_dict(path)
-    except (OSError, ValueError, EOFError, KeyError) as exc:
-        raise AnomalyError(f"--weights {path}: cannot read a state dict ({exc})") from None
-    except Exception as exc:  # a foreign pickle can raise anything while loading
-        raise AnomalyError(f"--weights {path}: not a legacy PyTorch state dict ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # foreign data can fail to load in any way; the user gets one line
+        lines = str(exc).splitlines()
+        text = lines[0] if lines else type(exc).__name__
+        raise AnomalyError(f"--weights {path}: cannot read a state dict ({text})") from None
 
 
 def _read_cached(path: Path) -> dict[str, list]:
-    with np.load(path) as data:
+    with load_npz(path) as data:
         out: dict[str, list] = {}
         for key in sorted(data.files, key=lambda k: (k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1]))):
             out.setdefault(key.rsplit(":", 1)[0], []).append(data[key])

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, AnomalyWarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    if issubclass(category, AnomalyWarning):
+        return f"warning: {message}\n"
+    return _default_format(message, category, filename, lineno, line)
+
+
+_default_format = warnings.formatwarning
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call `main`; print an AnomalyError as one line on stderr and return 2."""
+    warnings.formatwarning = _one_line_warning
     try:
         return main(argv)
     except AnomalyError as exc:

@@ -1,4 +1,4 @@
-"""anomaly-train: train an autoencoder on the defect-free images of a dataset folder."""
+"""anomaly-train: train a detector (an autoencoder, a baseline or a feature detector) on the defect-free images of a dataset folder."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from anomaly.cli.common import run
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-train", description=__doc__)
     p.add_argument("-d", "--input-dir", dest="data_dir", help="dataset category folder (MVTec layout)")
+    from anomaly.detectors import BASELINES, FEATURE_DETECTORS, list_architectures
+
     p.add_argument("-a", "--architecture",
-                   help="autoencoders: mvtecCAE (default), baselineCAE, inceptionCAE, resnetCAE, skipCAE; "
-                   "baseline: pixel-gaussian; feature detectors: patchcore, padim, fre, fre-tae, knn, kmeans, feature-ae")
+                   help=f"autoencoders: {', '.join(list_architectures())} (default mvtecCAE); baselines: "
+                   f"{', '.join(BASELINES)}; feature detectors: {', '.join(FEATURE_DETECTORS)}")
     p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")

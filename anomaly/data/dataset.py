@@ -10,13 +10,15 @@ Without `ground_truth/` the test set is still usable for image-level metrics.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from anomaly.data.io import IMAGE_EXTENSIONS, is_image_file
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, AnomalyWarning
 
 GOOD = "good"
 
@@ -82,7 +84,9 @@ def find_dataset(root: str | Path) -> Dataset:
         AnomalyError: the folder is missing or empty, has no images in `train/good`, or a
             mask has no image (or a defective image no mask) when `ground_truth/` exists.
     """
-    root = Path(root).expanduser()
+    # Absolute and normalised, so that the dataset's name (which places the model directory) is
+    # never ".." or "."; symlinked folders keep the name the user gave them.
+    root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.exists():
         raise AnomalyError(f"{root}: dataset folder does not exist")
     if not root.is_dir():
@@ -113,6 +117,10 @@ def find_dataset(root: str | Path) -> Dataset:
             label = 0 if defect == GOOD else 1
             for image in _images_in(class_dir):
                 mask = masks.pop((defect, image.stem), None)
+                if label == 0 and mask is not None:
+                    warnings.warn(f"{mask}: ignored: a defect-free image's pixels are all good, whatever its mask says",
+                                  AnomalyWarning, stacklevel=2)
+                    mask = None
                 if has_masks and label == 1 and mask is None:
                     raise AnomalyError(f"{image}: defective image has no mask "
                                        f"(expected ground_truth/{defect}/{image.stem}_mask.png)")

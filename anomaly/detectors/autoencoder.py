@@ -213,11 +213,9 @@ class AutoencoderDetector(Detector):
     @classmethod
     def load(cls, config: TrainConfig, model_file: Path) -> "AutoencoderDetector":
         """Load a saved autoencoder for inference."""
-        try:
-            model = keras.models.load_model(model_file, compile=False)
-        except Exception as exc:  # a corrupt or foreign file: Keras raises many kinds
-            raise AnomalyError(f"-p {model_file}: cannot load model ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        from anomaly.models import load_saved_model
+
+        model = load_saved_model(model_file)
         shape = tuple(model.input_shape[1:])
         if shape != tuple(config.input_shape):
             raise AnomalyError(f"-p {model_file}: model input {shape} does not match config.yaml {config.input_shape}")

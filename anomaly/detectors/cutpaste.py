@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from anomaly.arrays import load_npz
 from anomaly.data.synthetic import CUTPASTE, NORMAL, SCAR, pretext_sample
 from anomaly.detectors.base import Detector
 from anomaly.detectors.features import in_batches, local_patches, to_full_map
@@ -392,7 +393,7 @@ class CutPasteDetector(Detector):
     def load(cls, config, model_file: Path) -> "CutPasteDetector":
         det = cls.from_config(config)
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 for name in ("image_mean", "image_precision", "patch_mean", "patch_precision", "train_embeddings"):
                     setattr(det, f"{name}_", data[name])
                 for name in ("dense_mean", "dense_precision"):  # absent in models saved before dense maps

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector
 from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
 from anomaly.errors import AnomalyError
@@ -116,7 +117,7 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
     def load(cls, config, model_file: Path) -> "FeatureAEDetector":
         det = cls.from_config(config)
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 det.mean_, det.std_ = data["mean"], data["std"]
                 weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
             det.model_ = feature_autoencoder(len(det.mean_), det.latent_dim)

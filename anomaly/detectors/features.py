@@ -22,15 +22,17 @@ class FeatureExtractor:
         weights: "imagenet", "random" or a weights file.
         layers: the layer names whose outputs are returned, in order.
         input_shape: (H, W, C) of the images; C = 1 is repeated to RGB.
+        seed: seeds "random" weights (the same seed rebuilds the same network).
     """
 
-    def __init__(self, backbone: str, weights: str, layers: tuple[str, ...], input_shape: tuple[int, int, int]):
+    def __init__(self, backbone: str, weights: str, layers: tuple[str, ...], input_shape: tuple[int, int, int],
+                 seed: int = 0):
         import keras
 
         from anomaly.errors import AnomalyError
 
         self.input_shape = tuple(input_shape)
-        model, self._preprocess = build_backbone(backbone, weights, (*self.input_shape[:2], 3))
+        model, self._preprocess = build_backbone(backbone, weights, (*self.input_shape[:2], 3), seed)
         names = {layer.name for layer in model.layers}
         unknown = [n for n in layers if n not in names]
         if unknown:
@@ -100,7 +102,7 @@ def in_batches(fn: Callable, images: np.ndarray, batch_size: int) -> list[np.nda
 class BackboneDetectorMixin:
     """The backbone plumbing every feature detector shares.
 
-    Expects `input_shape`, `backbone`, `weights`, `layers` and `batch_size` attributes. The
+    Expects `input_shape`, `backbone`, `weights`, `layers`, `seed` and `batch_size` attributes. The
     extractor is built on first use (loading a detector does not load a backbone until maps
     are asked for), and each traced function is kept so repeated calls do not retrace.
     """
@@ -110,7 +112,8 @@ class BackboneDetectorMixin:
     @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
-            self._extractor = FeatureExtractor(self.backbone, self.weights, self.layers, self.input_shape)
+            self._extractor = FeatureExtractor(self.backbone, self.weights, self.layers, self.input_shape,
+                                               self.seed)
         return self._extractor
 
     def run_batched(self, fn: Callable, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:

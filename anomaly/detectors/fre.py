@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector
 from anomaly.detectors.features import BackboneDetectorMixin, to_full_map
 from anomaly.errors import AnomalyError
@@ -111,7 +112,7 @@ class FREDetector(BackboneDetectorMixin, Detector):
     def load(cls, config, model_file: Path) -> "FREDetector":
         det = cls.from_config(config)
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 det.mean_, det.components_, det.grid_ = data["mean"], data["components"], tuple(data["grid"])
         except (OSError, KeyError, ValueError) as exc:
             raise AnomalyError(f"-p {model_file}: cannot load {config.architecture} weights ({exc})") from None
@@ -159,7 +160,7 @@ class TiedAutoencoderFRE(FREDetector):
     def load(cls, config, model_file: Path) -> "TiedAutoencoderFRE":
         det = cls.from_config(config)
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 det.components_, det.grid_ = data["components"], tuple(data["grid"])
                 det.encoder_bias_, det.decoder_bias_ = data["encoder_bias"], data["decoder_bias"]
         except (OSError, KeyError, ValueError) as exc:

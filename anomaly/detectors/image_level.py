@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector
 from anomaly.detectors.features import BackboneDetectorMixin
 from anomaly.errors import AnomalyError
@@ -62,7 +63,7 @@ class _PooledFeatureDetector(BackboneDetectorMixin, Detector):
 
     def _load_arrays(self, model_file: Path, names: tuple[str, ...]) -> list[np.ndarray]:
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 return [data[n] for n in names]
         except (OSError, KeyError, ValueError) as exc:
             raise AnomalyError(f"-p {model_file}: cannot load {self.name} features ({exc})") from None
@@ -143,12 +144,12 @@ class BottleneckExtractor:
         """The encoder half of a saved autoencoder (`anomaly-train -a <CAE>`'s `.keras` file)."""
         import keras
 
-        if not Path(model_file).is_file():
-            raise AnomalyError(f"--features-from {model_file}: no such model file")
+        from anomaly.models import load_saved_model
+
+        model = load_saved_model(model_file, "--features-from")
         try:
-            model = keras.models.load_model(model_file, compile=False)
             latent = model.get_layer("latent").output
-        except Exception as exc:  # a missing, corrupt or foreign file: Keras raises many kinds
+        except (ValueError, AttributeError) as exc:
             raise AnomalyError(f"--features-from {model_file}: expected an autoencoder's .keras model file with a "
                                f"'latent' layer ({type(exc).__name__})") from None
         shape = tuple(model.input_shape[1:])

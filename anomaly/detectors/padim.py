@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector
 from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
 from anomaly.errors import AnomalyError
@@ -97,7 +98,7 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
     def load(cls, config, model_file: Path) -> "PaDiMDetector":
         det = cls.from_config(config)
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 det.mean_, det.precision_, det.channels_ = data["mean"], data["precision"], data["channels"]
         except (OSError, KeyError, ValueError) as exc:
             raise AnomalyError(f"-p {model_file}: cannot load padim weights ({exc})") from None

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector
 from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
 from anomaly.errors import AnomalyError
@@ -184,7 +185,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
     def load(cls, config, model_file: Path) -> "PatchCoreDetector":
         det = cls.from_config(config)
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 det.memory_bank_, det.grid_ = data["memory_bank"], tuple(data["grid"])
         except (OSError, KeyError, ValueError) as exc:
             raise AnomalyError(f"-p {model_file}: cannot load a patchcore memory bank ({exc})") from None

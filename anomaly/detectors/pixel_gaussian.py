@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 
@@ -59,7 +60,7 @@ class PixelGaussianDetector(Detector):
     @classmethod
     def load(cls, config, model_file: Path) -> "PixelGaussianDetector":
         try:
-            with np.load(model_file) as data:
+            with load_npz(model_file) as data:
                 det = cls(tuple(data["mean"].shape), float(data["std_floor"]))
                 det.mean_, det.std_ = data["mean"], data["std"]
         except (OSError, KeyError, ValueError) as exc:

@@ -65,3 +65,37 @@ def build_model(architecture, input_shape):
         return builder(input_shape=tuple(input_shape), name=architecture)
     except ValueError as error:
         raise AnomalyError(str(error)) from None
+
+
+def load_saved_model(path, flag="-p"):
+    """Loads a `.keras` model file for inference, with a one-line error for a bad file.
+
+    Keras' safe mode stays on, so a file cannot smuggle in code through a Lambda layer.
+
+    Args:
+        path: The `.keras` file.
+        flag: The option that named the file, for the error message.
+
+    Returns:
+        The uncompiled `keras.Model`.
+
+    Raises:
+        AnomalyError: If the file is missing, not a `.keras` archive (truncated, say), or
+            not a model Keras can rebuild.
+    """
+    import zipfile
+    from pathlib import Path
+
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise AnomalyError(f"{flag} {path}: no such model file")
+    # Keras reports a file that is not a zip archive as "File not found", which misleads.
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise AnomalyError(f"{flag} {path}: cannot load model: not a .keras archive (truncated or corrupt file)")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: Keras raises many kinds
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise AnomalyError(f"{flag} {path}: cannot load model ({type(exc).__name__}: {text})") from None
