@@ -60,46 +60,96 @@ def gaussian_taps() -> np.ndarray:
     return (g / g.sum()).astype(np.float32)
 
 
-def _filter(x: tf.Tensor) -> tf.Tensor:
-    """Gaussian window mean of every channel, with scikit-image's reflect padding.
+def _band(size, reflect: bool) -> tf.Tensor:
+    """One 1-D Gaussian pass over an axis of `size` pixels as a (size, outputs) matrix.
 
-    The 2-D Gaussian is separable: two 11-tap passes instead of one 121-tap pass.
+    VALID (as `tf.image.ssim`): `size - 10` outputs, output j = sum_k taps[k] * x[j + k].
+    reflect (as scikit-image): `size` outputs, the symmetric padding folded into the matrix.
     """
-    pad = _WIN // 2
-    channels = x.shape[-1]
-    g = tf.constant(gaussian_taps())
-    rows = tf.tile(tf.reshape(g, (_WIN, 1, 1, 1)), (1, 1, channels, 1))
-    cols = tf.tile(tf.reshape(g, (1, _WIN, 1, 1)), (1, 1, channels, 1))
-    x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")
-    x = tf.nn.depthwise_conv2d(x, rows, strides=[1, 1, 1, 1], padding="VALID")
-    return tf.nn.depthwise_conv2d(x, cols, strides=[1, 1, 1, 1], padding="VALID")
+    size = tf.convert_to_tensor(size, tf.int32)
+    padded = size + (_WIN - 1) if reflect else size
+    k = tf.range(padded)[:, None] - tf.range(padded - (_WIN - 1))[None, :]
+    taps = tf.gather(tf.constant(gaussian_taps()), tf.clip_by_value(k, 0, _WIN - 1))
+    band = tf.where((k >= 0) & (k < _WIN), taps, 0.0)
+    if reflect:  # padded row i reads pixel source[i] (mode "symmetric": ..., 1, 0 | 0, 1, ...)
+        pad = _WIN // 2
+        ramp = tf.range(size)
+        source = tf.concat([tf.reverse(ramp[:pad], [0]), ramp, tf.reverse(ramp[size - pad:], [0])], 0)
+        band = tf.matmul(tf.one_hot(source, size), band, transpose_a=True)
+    return band
 
 
-# The element-wise parts are compiled with XLA, which fuses them into a few loops (2x faster
-# on CPU); the filtering stays with TensorFlow's kernels, which XLA does not beat on CPU.
-@tf.function(jit_compile=True)
+def _filter(planes: tf.Tensor, reflect: bool = False) -> tf.Tensor:
+    """Gaussian window mean (11 taps, sigma 1.5) of a (B, H, W) stack of single-channel planes.
+
+    The 2-D Gaussian is separable: one 11-tap pass down the columns, one along the rows, each a
+    product with a banded matrix. Planes on the batch axis make these large matrix products,
+    which every CPU runs fast; depthwise convolutions are slow without TensorFlow's oneDNN
+    kernels, and slower still on many 1-channel planes. For 32 planes of 256 x 256, forward and
+    backward on 2 cores of an AMD EPYC: 30 ms, against 440 ms for two 1-D depthwise passes
+    without oneDNN (12 ms against 29 ms, and 57 ms for one 11 x 11 pass, with oneDNN). The cost
+    per pixel grows with H + W rather than 22 taps, yet stays ahead up to 1024 x 1024 at least.
+
+    Args:
+        planes: float32 (B, H, W), H and W >= 11.
+        reflect: pad by reflection (scikit-image, output (B, H, W)) instead of VALID, which keeps
+            only the positions where the window fits (`tf.image.ssim`, output (B, H-10, W-10)).
+    """
+    height, width = planes.shape[1], planes.shape[2]
+    smallest = _WIN // 2 if reflect else _WIN  # reflection needs 5 pixels, a VALID window 11
+    if any(side is not None and side < smallest for side in (height, width)):
+        raise ValueError(f"SSIM needs images of at least {smallest} x {smallest} pixels, got {height} x {width}")
+    shape = tf.shape(planes)
+    height = height if height is not None else shape[1]
+    width = width if width is not None else shape[2]
+    cols = _band(width, reflect)
+    x = tf.matmul(_band(height, reflect), planes, transpose_a=True)  # (B, H', W)
+    x = tf.matmul(tf.reshape(x, [-1, width]), cols)  # one GEMM over all rows: (B * H', W')
+    return tf.reshape(x, [shape[0], -1, tf.shape(cols)[1]])
+
+
+def to_planes(x: tf.Tensor) -> tf.Tensor:
+    """(N, H, W, C) images as float32 (N * C, H, W) single-channel planes, image-major."""
+    x = tf.cast(x, tf.float32)
+    if x.shape[-1] == 1:
+        return x[..., 0]
+    shape = tf.shape(x)
+    return tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [-1, shape[1], shape[2]])
+
+
+def ssim_terms(x: tf.Tensor, y: tf.Tensor, max_val: float = _RANGE, reflect: bool = False,
+               cov_norm: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """Local luminance and contrast-structure maps of two (B, H, W) plane stacks; SSIM is their product.
+
+    With the defaults this is `tf.image.ssim`'s computation (VALID window, biased covariance,
+    the same four local means and the same formula), so the mean of the product over a plane
+    equals its value. `reflect=True, cov_norm=121/120` is scikit-image's reflect-padded map with
+    sample covariance. The loss, the metrics and the residual maps all use this one function.
+    """
+    moments = _filter(_moments_input(x, y), reflect)
+    return _terms_from_moments(moments, (_K1 * max_val) ** 2, (_K2 * max_val) ** 2, cov_norm)
+
+
 def _moments_input(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    return tf.concat([x, y, x * x, y * y, x * y], axis=-1)
+    # The four planes whose local means SSIM needs, stacked on the batch axis: one filtering pass.
+    return tf.concat([x, y, x * y, x * x + y * y], axis=0)
 
 
-@tf.function(jit_compile=True)
-def _ssim_from_moments(moments: tf.Tensor) -> tf.Tensor:
-    mu_x, mu_y, xx, yy, xy = tf.split(moments, 5, axis=-1)
-    cov_norm = _WIN ** 2 / (_WIN ** 2 - 1)
-    vx = cov_norm * (xx - mu_x * mu_x)
-    vy = cov_norm * (yy - mu_y * mu_y)
-    vxy = cov_norm * (xy - mu_x * mu_y)
-    c1, c2 = (_K1 * _RANGE) ** 2, (_K2 * _RANGE) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * vxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (vx + vy + c2))
-    return tf.reduce_mean(s, axis=-1)
+def _terms_from_moments(moments: tf.Tensor, c1, c2, cov_norm) -> tuple[tf.Tensor, tf.Tensor]:
+    mu_x, mu_y, xy, sq = tf.split(moments, 4, axis=0)
+    num0 = mu_x * mu_y * 2.0
+    den0 = tf.square(mu_x) + tf.square(mu_y)
+    luminance = (num0 + c1) / (den0 + c1)
+    cs = (cov_norm * (xy * 2.0 - num0) + c2) / (cov_norm * (sq - den0) + c2)
+    return luminance, cs
 
 
-@tf.function  # one trace per input shape: the kernels are built for the static channel count
+@tf.function  # one trace per input shape
 def ssim_map(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """Local SSIM of two (N, H, W, C) batches in [0, 1], averaged over channels: (N, H, W)."""
-    # All five local moments in one filtering pass.
-    moments = _filter(_moments_input(tf.cast(x, tf.float32), tf.cast(y, tf.float32)))
-    return _ssim_from_moments(moments)
+    channels, shape = x.shape[-1], tf.shape(x)
+    luminance, cs = ssim_terms(to_planes(x), to_planes(y), reflect=True, cov_norm=_WIN ** 2 / (_WIN ** 2 - 1))
+    return tf.reduce_mean(tf.reshape(luminance * cs, [-1, channels, shape[1], shape[2]]), axis=1)
 
 
 def mssim_scales(size: int) -> tuple[int, ...]:
