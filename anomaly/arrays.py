@@ -25,7 +25,7 @@ class NpzArrays(dict):
     def files(self) -> list[str]:
         return list(self)
 
-    def __enter__(self) -> "NpzArrays":
+    def __enter__(self) -> NpzArrays:
         return self
 
     def __exit__(self, *exc) -> None:

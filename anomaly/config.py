@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from anomaly.errors import AnomalyError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+
+def _package_configs() -> Traversable:
+    """The YAML defaults: the repository's top-level configs/ folder, shipped as the package
+    `anomaly.configs` (pyproject.toml maps it), so editable installs and wheels both find it."""
+    try:
+        return importlib.resources.files("anomaly.configs")
+    except ModuleNotFoundError:
+        # A broken or stale install (an editable install made before anomaly.configs existed):
+        # where a wheel would have put the folder, so that load_train_config's error names it.
+        return Path(__file__).resolve().parent / "configs"
+
+
+CONFIG_DIR = _package_configs()
+_REINSTALL = ("the YAML defaults (package anomaly.configs: the repository's configs/ folder) are not installed: "
+              "reinstall anomaly (pip install -e . in a checkout, else pip install .)")
 LOSSES = ("ssim", "mssim", "l2")
 COLOR_MODES = ("grayscale", "rgb")
 PRECISIONS = ("float32", "mixed_bfloat16")
-# MS-SSIM uses five scales of an 11-px window, halving the image four times.
-MSSIM_MIN_SIZE = 11 * 2 ** 4
 
 
 @dataclass
@@ -25,7 +41,12 @@ class TrainConfig:
     """Everything that determines a training run; saved as config.yaml in the model directory.
 
     Attributes:
-        data_dir: the dataset category folder (MVTec layout).
+        data_dir: the dataset category folder (MVTec layout), or the folder holding `normal_dir`,
+            `abnormal_dir` and `mask_dir` (the folder layout, `anomaly.data.dataset.find_folder_dataset`).
+        normal_dir: folder layout: the defect-free images ("" for MVTec layout).
+        abnormal_dir: folder layout: the defective images (optional).
+        mask_dir: folder layout: masks of the defective images (optional).
+        normal_test_split: folder layout: share of the good images held out (seeded) for testing.
         architecture: a name from `anomaly.detectors.list_detectors()`.
         color_mode: "grayscale" or "rgb".
         loss: "ssim", "mssim" or "l2".
@@ -74,6 +95,10 @@ class TrainConfig:
     """
 
     data_dir: str = ""
+    normal_dir: str = ""
+    abnormal_dir: str = ""
+    mask_dir: str = ""
+    normal_test_split: float = 0.2
     architecture: str = "mvtecCAE"
     color_mode: str = "grayscale"
     loss: str = "ssim"
@@ -147,57 +172,55 @@ class TrainConfig:
     def input_shape(self) -> tuple[int, int, int]:
         return (*self.image_size, self.channels)
 
-    def validate(self) -> "TrainConfig":
-        """Check values a user can get wrong; raise AnomalyError naming the flag."""
+    def dataset(self, data_dir: str | Path | None = None):
+        """The dataset this configuration trains on (`data_dir` overrides where it lies now)."""
+        from anomaly.data.dataset import load_dataset
+
+        return load_dataset(self.data_dir if data_dir is None else data_dir, self.normal_dir, self.abnormal_dir,
+                            self.mask_dir, self.normal_test_split, self.seed)
+
+    def validate(self) -> TrainConfig:
+        """Check values a user can get wrong; raise AnomalyError naming the option."""
+        from anomaly.backbones import backbone_spec
         from anomaly.detectors import is_autoencoder, list_detectors
+        from anomaly.losses import MSSIM_MIN_SIZE
 
         # NaN passes every comparison below (they are all False), so reject it first.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise AnomalyError(f"--{f.name.replace('_', '-')}: expected a finite number, got {value}")
-        if self.architecture not in list_detectors():
-            raise AnomalyError(f"--architecture: unknown architecture '{self.architecture}': "
-                               f"expected one of {', '.join(list_detectors())}")
-        _choice("--loss", self.loss, LOSSES)
-        _choice("--color", self.color_mode, COLOR_MODES)
-        _choice("--precision", self.precision, PRECISIONS)
-        for flag, side in (("--input-size", self.input_size), ("--input-width", self.input_width)):
+                raise AnomalyError(f"expected a finite number, got {value}", f.name)
+        _choice("architecture", self.architecture, tuple(list_detectors()))
+        _choice("loss", self.loss, LOSSES)
+        _choice("color_mode", self.color_mode, COLOR_MODES)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("density", self.density, ("gde", "kde"))
+        for option, side in (("input_size", self.input_size), ("input_width", self.input_width)):
             if side is not None and (side < 32 or side % 32):
-                raise AnomalyError(f"{flag}: expected a multiple of 32 (>= 32), got {side}")
+                raise AnomalyError(f"expected a multiple of 32 (>= 32), got {side}", option)
         if self.loss == "mssim" and min(self.image_size) < MSSIM_MIN_SIZE and is_autoencoder(self.architecture):
-            raise AnomalyError(f"--loss mssim needs --input-size and --input-width >= {MSSIM_MIN_SIZE}, "
-                               f"got {self.image_size[0]}x{self.image_size[1]}")
+            raise AnomalyError(f"mssim needs an input size and width >= {MSSIM_MIN_SIZE}, "
+                               f"got {self.image_size[0]}x{self.image_size[1]}", "loss")
         if self.architecture == "cutpaste" and self.image_size[0] != self.image_size[1]:
-            raise AnomalyError("--input-width: cutpaste turns images by 90 degrees and needs square ones")
-        for flag, value in (("--batch", self.batch_size), ("--epochs", self.epochs)):
-            if value < 1:
-                raise AnomalyError(f"{flag}: expected a positive integer, got {value}")
-        if not 0 < self.val_split < 1:
-            raise AnomalyError(f"--val-split: expected a fraction in (0, 1), got {self.val_split}")
-        from anomaly.backbones import backbone_spec
-
-        backbone_spec(self.backbone)
-        _choice("--density", self.density, ("gde", "kde"))
-        if not 0 < self.coreset_ratio <= 1:
-            raise AnomalyError(f"--coreset-ratio: expected a fraction in (0, 1], got {self.coreset_ratio}")
-        if not 0 < self.pca_variance <= 1:
-            raise AnomalyError(f"--pca-variance: expected a fraction in (0, 1], got {self.pca_variance}")
-        for flag, value in (("--num-neighbors", self.num_neighbors), ("--padim-dims", self.padim_dims),
-                            ("--knn-k", self.knn_k),
-                            ("--knn-dims", self.knn_dims), ("--kmeans-clusters", self.kmeans_clusters)):
-            if value < 1:
-                raise AnomalyError(f"{flag}: expected a positive integer, got {value}")
-        if self.map_sigma < 0 or self.latent_dim < 0:
-            flag = "--map-sigma" if self.map_sigma < 0 else "--latent-dim"
-            raise AnomalyError(f"{flag}: expected a value >= 0")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise AnomalyError(f"--max-minutes: expected a positive number of minutes, got {self.max_minutes}")
-        if self.lr is not None and not self.lr > 0:
-            raise AnomalyError(f"--lr: expected a positive learning rate, got {self.lr}")
+            raise AnomalyError("cutpaste turns images by 90 degrees and needs square ones", "input_width")
+        positive = ("batch_size", "epochs", "num_neighbors", "padim_dims", "knn_k", "knn_dims", "kmeans_clusters")
+        for option in positive:
+            if getattr(self, option) < 1:
+                raise AnomalyError(f"expected a positive integer, got {getattr(self, option)}", option)
+        for option in ("val_split", "coreset_ratio", "pca_variance"):
+            value, closed = getattr(self, option), option != "val_split"
+            if not (0 < value <= 1 if closed else 0 < value < 1):
+                raise AnomalyError(f"expected a fraction in (0, 1{']' if closed else ')'}, got {value}", option)
+        for option in ("map_sigma", "latent_dim"):
+            if getattr(self, option) < 0:
+                raise AnomalyError(f"expected a value >= 0, got {getattr(self, option)}", option)
+        for option in ("max_minutes", "lr"):
+            if getattr(self, option) is not None and not getattr(self, option) > 0:
+                raise AnomalyError(f"expected a positive number, got {getattr(self, option)}", option)
         if self.features_from and self.architecture != "kmeans":
-            raise AnomalyError(f"--features-from: only kmeans clusters an autoencoder's bottleneck, not "
-                               f"{self.architecture}")
+            raise AnomalyError(f"only kmeans clusters an autoencoder's bottleneck, not {self.architecture}",
+                               "features_from")
+        backbone_spec(self.backbone)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,14 +230,16 @@ class TrainConfig:
         return values
 
 
-def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise AnomalyError(f"{flag}: unknown value '{value}': expected one of {', '.join(allowed)}")
+        raise AnomalyError(f"unknown value '{value}': expected one of {', '.join(allowed)}", option)
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from a file, with a one-line error for a missing or malformed file."""
-    path = Path(path)
+def read_yaml(path: Path | Traversable) -> dict[str, Any]:
+    """A YAML mapping from a file (or a package resource such as `CONFIG_DIR / "default.yaml"`),
+    with a one-line error for a missing or malformed file."""
+    if isinstance(path, str):
+        path = Path(path)
     if not path.is_file():
         raise AnomalyError(f"{path}: config file does not exist")
     try:
@@ -287,18 +312,42 @@ def load_train_config(overrides: dict[str, Any], config_file: str | None = None)
     Returns:
         The validated configuration: dataclass defaults, then `configs/default.yaml`, then
         `configs/<architecture>.yaml`, then `config_file`, then `overrides`.
+
+    Raises:
+        AnomalyError: also when a defaults file is missing (a broken install): default.yaml, or
+            the `<architecture>.yaml` of a detector that reads a backbone (autoencoders and the
+            pixel baseline have none and run on default.yaml).
     """
     config = TrainConfig()
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    default = _defaults_file("default.yaml")
     user = read_yaml(Path(config_file)) if config_file else {}
     architecture = overrides.get("architecture") or user.get("architecture") or config.architecture
-    for path in (CONFIG_DIR / "default.yaml", CONFIG_DIR / f"{architecture}.yaml"):
-        if path.is_file():
+    for path in (default, _architecture_defaults(str(architecture))):
+        if path is not None:
             _apply(config, read_yaml(path), str(path))
     if config_file:
         _apply(config, user, str(config_file))
     _apply(config, overrides, "command line")
     return config.validate()
+
+
+def _defaults_file(name: str) -> Traversable:
+    """`CONFIG_DIR / name`, which must exist: a missing one means a broken install, not a default."""
+    path = CONFIG_DIR / name
+    if not path.is_file():
+        raise AnomalyError(f"{path}: missing; {_REINSTALL}")
+    return path
+
+
+def _architecture_defaults(architecture: str) -> Traversable | None:
+    """configs/<architecture>.yaml; required for the detectors that read a backbone (they all
+    ship one: colour mode, backbone, layers), optional for the others, which have none."""
+    from anomaly.detectors import uses_backbone
+
+    if (CONFIG_DIR / f"{architecture}.yaml").is_file() or uses_backbone(architecture):
+        return _defaults_file(f"{architecture}.yaml")
+    return None
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

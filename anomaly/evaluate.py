@@ -15,7 +15,7 @@ from anomaly.data.io import read_images, read_mask
 from anomaly.errors import AnomalyError
 from anomaly.finetune import LoadedModel, load_model
 from anomaly.metrics import aupro, classification_metrics, image_auroc, pixel_auroc
-from anomaly.postprocessing import MapStats, classify, image_scores, largest_region_areas, segment, smooth_maps
+from anomaly.postprocessing import PostProcessor
 
 PREDICTION_FIELDS = ("image", "label", "defect_type", "score", "predicted", "used_for_finetune")
 
@@ -28,7 +28,7 @@ def _predictions_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _read_finetune(model_dir: Path, method: str | None, dtype: str | None) -> list[dict]:
+def _read_finetune(model_dir: Path, method: str | None, dtype: str | None) -> list[tuple[dict, PostProcessor]]:
     results = modeldir.finetune_results(model_dir)
     if method or dtype:
         results = [p for p in results if (not method or p.parent.name.startswith(f"{method}_"))
@@ -37,17 +37,29 @@ def _read_finetune(model_dir: Path, method: str | None, dtype: str | None) -> li
         raise AnomalyError(f"{model_dir}: no finetune results"
                            f"{f' for {method}/{dtype}' if method or dtype else ''} "
                            f"(run anomaly-finetune -p {model_dir} first)")
-    return [json.loads(p.read_text()) for p in results]
+    out = []
+    for path in results:
+        pp = PostProcessor.load(path.parent)
+        out.append((json.loads(path.read_text()), pp))
+    return out
 
 
-def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress: bool = True) -> dict:
+def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: bool = False,
+                 progress: bool = True) -> dict:
     """Test one finetuned (method, dtype) pair and write `test/<method>_<dtype>/`.
+
+    Args:
+        loaded: the model and its dataset.
+        params: the content of its finetune.json (the finetune images are excluded).
+        pp: the post-processing saved beside it.
+        save: also write the maps and a picture per image.
+        progress: print what it does.
 
     Returns:
         The content of metrics.json.
     """
-    method, dtype = params["method"], params["dtype"]
-    threshold, min_area = params["threshold"], params["min_area"]
+    method, dtype = pp.method, pp.dtype
+    threshold, min_area = pp.threshold, pp.min_area
     test = loaded.dataset.require_test()
     used = set(params.get("finetune_images", []))
     size = loaded.config.image_size
@@ -60,35 +72,22 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
     if save:
         maps, recons = loaded.detector.anomaly_maps(images, method, dtype, return_reconstructions=True)
     else:
-        # each detector's own batch size: the fastest for its network (scripts/benchmark_speed.py)
         maps, recons = loaded.detector.anomaly_maps(images, method, dtype), None
-    maps = smooth_maps(maps, params.get("smooth", 0.0))
-    if params.get("normalize"):
-        maps = MapStats.load(modeldir.finetune_dir(loaded.model_dir, method, dtype) / "map_stats.npz").apply(maps)
-    predicted = classify(maps, threshold, min_area)
+    own = loaded.detector.image_scores(images) if pp.image_score == "detector" else None
+    decided = pp.apply(maps, own)
     seconds = time.perf_counter() - start
-
-    kind = params.get("image_score", "max")
-    if kind == "area":
-        scores = largest_region_areas(maps, threshold).astype(np.float64)
-    elif kind == "mean":
-        scores = maps.reshape(len(maps), -1).mean(axis=1).astype(np.float64)
-    elif kind == "detector":
-        scores = loaded.detector.image_scores(images)
-    else:
-        scores = image_scores(maps, params.get("score_sigma", 4.0))
+    maps, scores, predicted = decided.maps, decided.scores, decided.is_anomalous.astype(int)
     labels = np.array([s.label for s in test])
     keep = np.array([s.relpath not in used for s in test])
     metrics: dict = {"method": method, "dtype": dtype, "mode": params.get("mode", "semi"),
-                     "smooth": params.get("smooth", 0.0), "score_sigma": params.get("score_sigma", 4.0),
-                     "image_score": params.get("image_score", "max"), "normalize": params.get("normalize", False),
-                     "min_area": min_area, "threshold": threshold,
+                     "smooth": pp.smooth, "score_sigma": pp.score_sigma, "image_score": pp.image_score,
+                     "normalize": pp.normalize, "min_area": min_area, "threshold": threshold,
                      "n_images": int(keep.sum()), "n_excluded_finetune": int((~keep).sum()),
                      "n_good": int((labels[keep] == 0).sum()), "n_defective": int((labels[keep] == 1).sum()),
                      "image_auroc": image_auroc(labels[keep], scores[keep])}
     masks = None
     # Image-level detectors paint their score over the whole map: no pixel metrics for them.
-    if loaded.dataset.has_masks and getattr(loaded.detector, "pixel_level", True):
+    if loaded.dataset.has_masks and loaded.detector.pixel_level:
         masks = np.stack([read_mask(s.mask_path, s.path, size) if s.mask_path else np.zeros(size, bool)
                           for s in test])
         metrics["pixel_auroc"] = pixel_auroc(masks[keep], maps[keep])
@@ -108,7 +107,7 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
     with modeldir.replace_folder(target) as tmp:
         modeldir.write_text(tmp / "predictions.csv", _predictions_csv(rows))
         if save:
-            seg = segment(maps, threshold, min_area)
+            seg = decided.masks
             vmax = float(np.quantile(maps, 0.999)) or None
             for i, s in enumerate(test):
                 rel = Path(s.relpath)
@@ -125,12 +124,12 @@ def evaluate_one(loaded: LoadedModel, params: dict, save: bool = False, progress
 
 
 def evaluate(path: str | Path, save: bool = False, method: str | None = None, dtype: str | None = None,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, data_dir: str | Path | None = None) -> list[dict]:
     """Test every finetuned (method, dtype) pair of a model (or only the one asked for).
 
     Returns:
         One metrics dict per pair.
     """
-    loaded = load_model(path)
-    params = _read_finetune(loaded.model_dir, method, dtype)
-    return [evaluate_one(loaded, p, save=save, progress=progress) for p in params]
+    loaded = load_model(path, data_dir)
+    return [evaluate_one(loaded, params, pp, save=save, progress=progress)
+            for params, pp in _read_finetune(loaded.model_dir, method, dtype)]

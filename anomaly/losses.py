@@ -64,6 +64,8 @@ def ssim_loss(y_true, y_pred):
     return 1.0 - ssim_per_image(y_true, y_pred)
 
 
+# MS-SSIM uses five scales of an 11-px window, halving the image four times.
+MSSIM_MIN_SIZE = 11 * 2 ** 4
 MSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # Below it a term counts as no similarity; above 0 so that its power has a finite gradient.
 _MSSIM_FLOOR = 1e-6
@@ -140,6 +142,4 @@ def get_loss(name: str):
 
 def get_metric(color_mode: str, input_size: int):
     """The monitoring metric: SSIM for grayscale, MS-SSIM for RGB when the image is big enough."""
-    from anomaly.config import MSSIM_MIN_SIZE
-
     return mssim if color_mode == "rgb" and input_size >= MSSIM_MIN_SIZE else ssim

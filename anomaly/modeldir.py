@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -89,7 +90,8 @@ def resolve(path: str | Path) -> tuple[Path, Path]:
     if path.suffix not in MODEL_SUFFIXES:
         raise AnomalyError(f"-p {path}: expected a model file (.keras, .hdf5, .h5, .npz) or its directory")
     if not (path.parent / CONFIG_FILE).exists():
-        raise AnomalyError(f"-p {path}: no {CONFIG_FILE} beside the model file (not a model directory made by anomaly-train)")
+        raise AnomalyError(f"-p {path}: no {CONFIG_FILE} beside the model file "
+                           "(not a model directory made by anomaly-train)")
     return path.parent, path
 
 
@@ -98,8 +100,20 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / CONFIG_FILE
     if not path.exists():
         raise AnomalyError(f"{model_dir}: no {CONFIG_FILE} (not a model directory made by anomaly-train)")
+    return read_yaml_mapping(path)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (safe loader: no tags beyond YAML's own types).
+
+    Raises:
+        AnomalyError: the file is missing, unreadable, not YAML or not a mapping.
+    """
+    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise AnomalyError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise AnomalyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

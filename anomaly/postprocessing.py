@@ -1,12 +1,26 @@
-"""From anomaly maps to decisions: binarise, connected components, min-area/threshold search."""
+"""From anomaly maps to decisions: binarise, connected components, min-area/threshold search, and the
+`PostProcessor` that holds all of it for a finetuned model."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from anomaly.arrays import load_npz
 from anomaly.errors import AnomalyError
+from anomaly.metrics import classification_metrics
+from anomaly.resmaps import THRESHOLD_GRID
+
+MIN_AREAS = tuple(range(5, 1005, 5))
+MODES = ("semi", "normal-only")
+# max: the (smoothed) map maximum; area: pixels of the largest region over the threshold;
+# mean: the map mean (FRE's squared error); detector: the detector's own image score (CutPaste).
+SCORES = ("max", "area", "mean", "detector")
+FINETUNE_FILE = "finetune.json"
+STATS_FILE = "map_stats.npz"
 
 # 8-connectivity in each image and none across the stack, so a batch labels in one call.
 _STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
@@ -104,7 +118,7 @@ class MapStats:
         self.std = np.asarray(std, np.float32)
 
     @classmethod
-    def fit(cls, maps: np.ndarray) -> "MapStats":
+    def fit(cls, maps: np.ndarray) -> MapStats:
         """Statistics of (N, H, W) maps; the floor is 1e-3 of the maps' overall spread."""
         floor = max(float(maps.std()) * 1e-3, 1e-12)
         return cls(maps.mean(axis=0), maps.std(axis=0) + floor)
@@ -117,7 +131,7 @@ class MapStats:
         np.savez(path, mean=self.mean, std=self.std)
 
     @classmethod
-    def load(cls, path) -> "MapStats":
+    def load(cls, path) -> MapStats:
         try:
             with load_npz(path) as data:
                 return cls(data["mean"], data["std"])
@@ -146,3 +160,249 @@ def image_scores(maps: np.ndarray, sigma: float = 4.0) -> np.ndarray:
     """
     maps = smooth_maps(maps, sigma)
     return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
+
+
+def search_pair(val_maps: np.ndarray, ft_maps: np.ndarray, ft_labels: np.ndarray, method: str,
+                dtype: str, min_areas=MIN_AREAS, normalized: bool = False) -> tuple[dict, list[dict]]:
+    """The (min_area, threshold) search.
+
+    Args:
+        val_maps: (Nv, H, W) maps of defect-free validation images.
+        ft_maps: (Nf, H, W) maps of the labelled finetune images.
+        ft_labels: (Nf,) 0 good / 1 defective.
+        method, dtype: select the threshold grid's start and step.
+        normalized: the maps are z-scores (`MapStats`): thresholds from their quantiles.
+        min_areas: the candidate minimum region areas.
+
+    Returns:
+        (best row, candidate table); each row has min_area, threshold, tpr, tnr,
+        balanced_accuracy and f1 on the finetune images.
+    """
+    grid = _grid_for(val_maps, method, dtype, normalized)
+    largest_val = largest_area_table(val_maps, grid).max(axis=1)
+    ft_areas = largest_area_table(ft_maps, grid)
+    table = []
+    for min_area in min_areas:
+        clean = np.flatnonzero(largest_val < min_area)
+        ti = int(clean[0]) if clean.size else len(grid) - 1
+        predicted = (ft_areas[ti] >= min_area).astype(int)
+        m = classification_metrics(ft_labels, predicted)
+        table.append({"min_area": int(min_area), "threshold": float(grid[ti]), "tpr": m["tpr"],
+                      "tnr": m["tnr"], "balanced_accuracy": m["balanced_accuracy"], "f1": m["f1"]})
+    scores = np.array([row["balanced_accuracy"] if row["balanced_accuracy"] is not None else -1.0
+                       for row in table])
+    return table[int(np.argmax(scores))], table
+
+
+def _grid_for(val_maps: np.ndarray, method: str, dtype: str, normalized: bool = False) -> np.ndarray:
+    if (dtype, method) in THRESHOLD_GRID and not normalized:
+        start, step = THRESHOLD_GRID[(dtype, method)]
+        return threshold_grid(start, step, float(val_maps.max()))
+    return quantile_grid(val_maps)
+
+
+def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: float = 0.05,
+                     min_areas=MIN_AREAS, normalized: bool = False) -> tuple[dict, list[dict]]:
+    """Choose (min_area, threshold) from defect-free validation maps alone.
+
+    For every min_area, the threshold is the lowest one at which at most `target_fpr` of the
+    validation images hold a region of min_area pixels (a quantile, not the maximum, so one odd
+    validation image does not set it). Small areas need high thresholds and low thresholds need
+    large areas; the pair chosen is the knee of that curve: the point closest to (smallest
+    area, lowest threshold) after scaling both axes to [0, 1].
+
+    Returns:
+        (best row, candidate table); rows hold min_area, threshold and val_fpr.
+    """
+    grid = _grid_for(val_maps, method, dtype, normalized)
+    val_areas = largest_area_table(val_maps, grid)
+    table = []
+    for min_area in min_areas:
+        fpr = (val_areas >= min_area).mean(axis=1)
+        ok = np.flatnonzero(fpr <= target_fpr)
+        ti = int(ok[0]) if ok.size else len(grid) - 1
+        table.append({"min_area": int(min_area), "threshold": float(grid[ti]), "val_fpr": float(fpr[ti]),
+                      "tpr": None, "tnr": None, "balanced_accuracy": None, "f1": None})
+    areas = np.array([r["min_area"] for r in table], dtype=np.float64)
+    thresholds = np.array([r["threshold"] for r in table])
+    span_t = thresholds.max() - thresholds.min() or 1.0
+    dist = ((areas - areas.min()) / (areas.max() - areas.min() or 1.0)) ** 2 + \
+        ((thresholds - thresholds.min()) / span_t) ** 2
+    return table[int(np.argmin(dist))], table
+
+
+@dataclass
+class Decisions:
+    """What post-processing makes of a batch of maps.
+
+    Attributes:
+        maps: (N, H, W) float32 maps after smoothing and normalisation.
+        scores: (N,) float64 image scores, higher = more anomalous.
+        masks: (N, H, W) bool: regions over the threshold of at least `min_area` pixels.
+        is_anomalous: (N,) bool decisions.
+    """
+
+    maps: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    is_anomalous: np.ndarray
+
+
+@dataclass
+class PostProcessor:
+    """From a detector's raw maps to scores, masks and decisions; fitted by `anomaly-finetune`.
+
+    Attributes:
+        method, dtype: the map it was fitted on.
+        smooth: Gaussian sigma (pixels) applied to every map first.
+        normalize: whether maps become per-pixel z-scores against the training images' maps
+            (`stats`, fitted by `fit_stats`).
+        image_score: "max", "area", "mean" or "detector" (see `SCORES`).
+        score_sigma: for "max": the Gaussian sigma before taking the maximum.
+        threshold, min_area: the decision: a region of at least `min_area` pixels over
+            `threshold` makes an image anomalous (None until `fit`).
+        stats: the normalisation statistics.
+    """
+
+    method: str
+    dtype: str = "float64"
+    smooth: float = 0.0
+    normalize: bool = False
+    image_score: str = "max"
+    score_sigma: float = 4.0
+    threshold: float | None = None
+    min_area: int = 0
+    stats: MapStats | None = None
+
+    @classmethod
+    def for_detector(cls, detector, **options) -> PostProcessor:
+        """The detector's defaults (`finetune_defaults`), with the options that are not None."""
+        defaults = {"smooth": 0.0, "normalize": False, "score_sigma": 4.0, "image_score": "max",
+                    **detector.finetune_defaults}
+        values = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        pp = cls(**values)
+        if pp.image_score not in SCORES:
+            raise AnomalyError(f"unknown image score '{pp.image_score}': expected one of {', '.join(SCORES)}", "score")
+        if pp.image_score == "detector" and not detector.own_image_score:
+            raise AnomalyError(f"{detector.name} has no image score of its own; use max, area or mean", "score")
+        return pp
+
+    def transform(self, maps: np.ndarray) -> np.ndarray:
+        """Smoothing, then the z-scores when `normalize`."""
+        maps = smooth_maps(maps, self.smooth)
+        if self.normalize:
+            if self.stats is None:
+                raise AnomalyError("the map statistics were not fitted (run fit_stats)", "normalize")
+            maps = self.stats.apply(maps)
+        return maps
+
+    def fit_stats(self, train_maps: np.ndarray) -> PostProcessor:
+        """Fit the normalisation statistics on the (raw) maps of defect-free training images."""
+        if self.normalize:
+            self.stats = MapStats.fit(smooth_maps(train_maps, self.smooth))
+        return self
+
+    def fit(self, val_maps: np.ndarray, mode: str = "normal-only", target_fpr: float = 0.05,
+            ft_maps: np.ndarray | None = None, ft_labels: np.ndarray | None = None) -> tuple[dict, list[dict]]:
+        """Choose (min_area, threshold) from raw maps.
+
+        Args:
+            val_maps: maps of defect-free validation images.
+            mode: "normal-only" (`normal_only_pair`) or "semi" (`search_pair` on `ft_maps`).
+            target_fpr: normal-only: the share of validation images allowed to be flagged.
+            ft_maps, ft_labels: semi: maps and labels of labelled images.
+
+        Returns:
+            (the chosen row, the candidate table).
+        """
+        if mode not in MODES:
+            raise AnomalyError(f"unknown mode '{mode}': expected one of {', '.join(MODES)}", "mode")
+        val = self.transform(val_maps)
+        if mode == "normal-only":
+            best, table = normal_only_pair(val, self.method, self.dtype, target_fpr, normalized=self.normalize)
+        else:
+            best, table = search_pair(val, self.transform(ft_maps), np.asarray(ft_labels), self.method, self.dtype,
+                                      normalized=self.normalize)
+        self.threshold, self.min_area = float(best["threshold"]), int(best["min_area"])
+        return best, table
+
+    def scores(self, maps: np.ndarray, detector_scores: np.ndarray | None = None) -> np.ndarray:
+        """(N,) image scores of transformed maps (`detector_scores` for image_score "detector")."""
+        if self.image_score == "area":
+            return largest_region_areas(maps, self.threshold).astype(np.float64)
+        if self.image_score == "mean":
+            return maps.reshape(len(maps), -1).mean(axis=1).astype(np.float64)
+        if self.image_score == "detector":
+            if detector_scores is None:
+                raise AnomalyError("this post-processing uses the detector's own image scores", "score")
+            return np.asarray(detector_scores, np.float64)
+        return image_scores(maps, self.score_sigma)
+
+    def apply(self, maps: np.ndarray, detector_scores: np.ndarray | None = None,
+              threshold: float | None = None, min_area: int | None = None) -> Decisions:
+        """Scores, masks and decisions of raw maps.
+
+        Args:
+            maps: (N, H, W) raw maps of the detector.
+            detector_scores: the detector's own image scores (image_score "detector").
+            threshold, min_area: override the fitted pair for this call only.
+        """
+        threshold = self.threshold if threshold is None else threshold
+        min_area = self.min_area if min_area is None else min_area
+        if threshold is None:
+            raise AnomalyError("not fitted yet (run anomaly-finetune first)", "threshold")
+        maps = self.transform(maps)
+        return Decisions(maps=maps, scores=self.scores(maps, detector_scores), masks=segment(maps, threshold, min_area),
+                         is_anomalous=classify(maps, threshold, min_area).astype(bool))
+
+    def to_dict(self) -> dict:
+        """The settings as finetune.json records them."""
+        return {"method": self.method, "dtype": self.dtype, "smooth": self.smooth, "score_sigma": self.score_sigma,
+                "image_score": self.image_score, "normalize": self.normalize, "min_area": self.min_area,
+                "threshold": self.threshold}
+
+    def save(self, directory: Path, record: dict | None = None) -> None:
+        """Write finetune.json (the settings, plus `record`) and map_stats.npz into `directory`."""
+        from anomaly import modeldir
+
+        directory = Path(directory)
+        modeldir.write_json(directory / FINETUNE_FILE, {**self.to_dict(), **(record or {})})
+        if self.stats is not None:
+            self.stats.save(directory / STATS_FILE)
+
+    @classmethod
+    def load(cls, directory: Path) -> PostProcessor:
+        """The post-processing `save` wrote (a finetune/<method>_<dtype>/ folder)."""
+        import json
+
+        path = Path(directory) / FINETUNE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise AnomalyError(f"{path}: cannot read the finetuned post-processing ({exc})") from None
+        return cls.from_dict(data, Path(directory))
+
+    @classmethod
+    def from_dict(cls, data: dict, directory: Path | None = None) -> PostProcessor:
+        """From the content of finetune.json (its statistics read from `directory`)."""
+        try:
+            pp = cls(method=str(data["method"]), dtype=str(data.get("dtype", "float64")),
+                     smooth=_finite(data.get("smooth", 0.0), "smooth"),
+                     normalize=bool(data.get("normalize", False)),
+                     image_score=str(data.get("image_score", "max")),
+                     score_sigma=_finite(data.get("score_sigma", 4.0), "score_sigma"),
+                     threshold=_finite(data["threshold"], "threshold"), min_area=int(data["min_area"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnomalyError(f"{directory}: finetune.json is incomplete or damaged ({exc})") from None
+        if pp.image_score not in SCORES:
+            raise AnomalyError(f"{directory}: finetune.json: unknown image score '{pp.image_score}'")
+        if pp.normalize:
+            pp.stats = MapStats.load(Path(directory) / STATS_FILE)
+        return pp
+
+
+def _finite(value, name: str) -> float:
+    number = float(value)
+    if not np.isfinite(number):
+        raise ValueError(f"{name} is {value}")
+    return number

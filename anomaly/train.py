@@ -1,4 +1,4 @@
-"""Training run: dataset -> autoencoder -> model directory."""
+"""Training run: dataset -> detector -> model directory."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import csv
 import io
 import platform
 import sys
+import time
 from dataclasses import dataclass
-from inspect import signature
 from pathlib import Path
 
 import numpy as np
 
 from anomaly import __version__, modeldir, plots
 from anomaly.config import TrainConfig, config_from_dict
-from anomaly.data.dataset import Dataset, find_dataset, validation_split
+from anomaly.data.dataset import Dataset, validation_split
 from anomaly.data.io import read_images
-from anomaly.detectors.autoencoder import AutoencoderDetector, FitResult, set_seed
-from anomaly.training import load_checkpoint_state
-from anomaly.detectors import detector_class, is_autoencoder
+from anomaly.detectors import detector_class
+from anomaly.detectors.autoencoder import set_seed
+from anomaly.detectors.base import Detector, FitResult
 from anomaly.errors import AnomalyError
+from anomaly.schedule import load_checkpoint_state
 
 N_INSPECT = 8
 
@@ -77,16 +78,13 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
         The model directory, the model file (the best so far when interrupted) and the
         training record.
     """
-    dataset = find_dataset(config.data_dir)
+    dataset = config.dataset()
     if resume_dir is None:
         modeldir.check_output_dir(config.output_dir)  # fail now, not after reading every image
     set_seed(config.seed)
     train_s, val_s, train_x, val_x = load_split(dataset, config)
-    detector = None
-    if not is_autoencoder(config.architecture):
-        detector = detector_class(config.architecture).from_config(config)
-        if hasattr(detector, "extractor"):
-            detector.extractor  # noqa: B018 - a bad backbone, weights file or layer fails before any folder is made
+    detector = detector_class(config.architecture).from_train_config(config)
+    detector.check()  # e.g. a bad backbone or weights file fails before any folder is made
     if resume_dir is None:
         model_dir = modeldir.new_model_dir(config.output_dir, dataset.name, config.architecture, config.variant)
         saved = config.to_dict()
@@ -100,74 +98,36 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     if progress:
         print(f"{dataset.root}: {len(train_s)} training and {len(val_s)} validation images "
               f"-> {model_dir}")
+        if detector.uses_backbone:
+            print(f"fitting {config.architecture} on {config.backbone} features")
 
-    if detector is not None:
-        return _fit_detector(detector, config, dataset, model_dir, train_x, val_x, progress)
-    detector = AutoencoderDetector(config)
-    result = detector.fit(train_x, val_x, model_dir / "checkpoint", resume=resume_dir is not None,
-                          progress=progress)
-    modeldir.write_text(model_dir / "history.csv", _history_csv(result.history))
-    if result.history:
-        plots.plot_history(result.history, model_dir / "plots" / "loss_plot.png")
-    if result.lr_finder is not None:
-        f = result.lr_finder
-        plots.plot_lr_finder(f.lrs, f.losses, f.lr_opt, f.lr_base, model_dir / "plots" / "lr_plot.png")
-        modeldir.write_json(model_dir / "plots" / "lr_finder.json",
-                            {"lr_opt": f.lr_opt, "lr_base": f.lr_base, "stop_reason": f.stop_reason,
-                             "lrs": f.lrs, "losses": f.losses})
-    if result.schedule:
-        plots.plot_schedule(result.schedule, model_dir / "plots" / "lr_schedule_plot.png")
-    # An interrupted run still leaves its best model to use; resuming replaces it.
-    for stale in model_dir.glob("*.keras"):
-        stale.unlink()
-    model_file = model_dir / f"{config.architecture}_b{config.batch_size}_e{result.best_epoch}.keras"
-    tmp = model_file.with_name(".tmp-" + model_file.name)
-    detector.save(tmp)
-    tmp.replace(model_file)
-    if config.inspect and not result.interrupted:
-        inspect(detector, dataset, val_s, val_x, model_dir / "inspection")
-    return TrainOutcome(model_dir, model_file, result)
-
-
-def _fit_detector(detector, config: TrainConfig, dataset: Dataset, model_dir: Path, train_x: np.ndarray,
-                  val_x: np.ndarray, progress: bool) -> TrainOutcome:
-    """Fit a detector other than an autoencoder (pixel-gaussian, feature detectors) and save it."""
-    import time
-
+    detector.checkpoint_dir, detector.resume = model_dir / "checkpoint", resume_dir is not None
     start = time.perf_counter()
-    if progress:
-        print(f"fitting {config.architecture}" + (f" on {config.backbone} features" if config.variant != "none" else ""))
-    if "progress" in signature(detector.fit).parameters:
-        detector.fit(train_x, val_x, progress=progress)
-    else:
-        detector.fit(train_x, val_x)
-    seconds = time.perf_counter() - start
-    model_file = model_dir / f"{config.architecture}{detector.file_suffix}"
-    tmp = model_dir / f".tmp-{model_file.name}"
-    detector.save(tmp)
-    tmp.replace(model_file)
-    summary = {"fit_seconds": seconds, **(detector.summary() if hasattr(detector, "summary") else {})}
+    detector.fit(train_x, val_x, progress=progress)
+    record = detector.fit_record(time.perf_counter() - start)
+    # An interrupted run still leaves its best model to use; resuming replaces it.
+    model_file = detector.save(model_dir)
+    summary = {"fit_seconds": record.seconds, **detector.summary()}
     modeldir.write_json(model_dir / "detector.json", summary)
-    if getattr(detector, "history_", None):
+    if detector.history_ or detector.trains_epochs:
         modeldir.write_text(model_dir / "history.csv", _history_csv(detector.history_))
-    if hasattr(detector, "save_plots"):  # figures of what it learned (CutPaste)
-        detector.save_plots(train_x, dataset, config.color_mode, model_dir / "plots")
+    detector.save_plots(train_x, dataset, model_dir / "plots")
     if progress and "bank_size" in summary:
         print(f"memory bank: {summary['bank_size']} x {summary['feature_dim']} ({summary['bank_mb']:.1f} MiB)")
-    fit = FitResult(history=[], best_epoch=0, lr_finder=None, lr=0.0, schedule=[], interrupted=False,
-                    seconds=seconds)
-    return TrainOutcome(model_dir, model_file, fit)
+    if config.inspect and not record.interrupted and detector.family == "autoencoder":
+        inspect(detector, dataset, val_s, val_x, model_dir / "inspection")
+    return TrainOutcome(model_dir, model_file, record)
 
 
-def inspect(detector: AutoencoderDetector, dataset: Dataset, val_s, val_x: np.ndarray, out: Path) -> None:
+def inspect(detector: Detector, dataset: Dataset, val_s, val_x: np.ndarray, out: Path) -> None:
     """Input / reconstruction / residual figures for validation and a few test images."""
-    method = "l2" if detector.config.loss == "l2" else "ssim"
+    method = "l2" if detector.loss == "l2" else "ssim"
     groups = [("val", val_s[:N_INSPECT], val_x[:N_INSPECT])]
     if dataset.test:
         step = max(len(dataset.test) // N_INSPECT, 1)
         picked = dataset.test[::step][:N_INSPECT]
-        size = detector.config.image_size
-        groups.append(("test", picked, read_images([s.path for s in picked], detector.config.color_mode, size)))
+        color_mode = "grayscale" if detector.input_shape[-1] == 1 else "rgb"
+        groups.append(("test", picked, read_images([s.path for s in picked], color_mode, detector.input_shape[:2])))
     for group, samples, images in groups:
         maps, recons = detector.anomaly_maps(images, method, "float64", return_reconstructions=True)
         for s, x, r, m in zip(samples, images, recons, maps):

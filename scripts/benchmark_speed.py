@@ -5,6 +5,8 @@ Measures, per architecture and setting:
   with the real input pipeline (cached images, augmentation, prefetch) and batch size 8;
 - test images per second end to end: reading and resizing the test images, reconstruction,
   residual maps and connected components, after one warm-up pass.
+The machine facts name the CPU, whether it has AVX-512 (avx512f) and AVX2, and whether TensorFlow's
+oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS as set, and TensorFlow's own answer).
 
 Example:
     python scripts/benchmark_speed.py --data ../shared/data/mvtec_ad/bottle \
@@ -28,11 +30,12 @@ def bench(data: Path, architecture: str, setting: str, epochs: int, batch: int) 
     from anomaly.data.dataset import find_dataset
     from anomaly.data.io import read_images
     from anomaly.data.pipeline import Augmentation, evaluation_dataset, steps_per_epoch, training_dataset
-    from anomaly.detectors.autoencoder import AutoencoderDetector, set_seed
+    from anomaly.detectors import detector_class
+    from anomaly.detectors.autoencoder import set_seed
     from anomaly.losses import get_loss, get_metric
     from anomaly.postprocessing import classify
+    from anomaly.schedule import make_optimizer
     from anomaly.train import load_split
-    from anomaly.training import make_optimizer
 
     precision = "mixed_bfloat16" if "bfloat16" in setting else "float32"
     xla = "xla" in setting
@@ -42,7 +45,7 @@ def bench(data: Path, architecture: str, setting: str, epochs: int, batch: int) 
     set_seed(0)
     dataset = find_dataset(data)
     _, _, train_x, val_x = load_split(dataset, config)
-    detector = AutoencoderDetector(config)
+    detector = detector_class(architecture).from_train_config(config)
     model = detector.model
     model.compile(optimizer=make_optimizer(1e-3), loss=get_loss(config.loss),
                   metrics=[get_metric(config.color_mode, config.input_size)], jit_compile=xla)
@@ -93,7 +96,7 @@ def main() -> None:
 
     from anomaly.benchmark import machine_facts
 
-    facts = machine_facts()
+    facts = machine_facts()  # with AVX-512 and oneDNN, which explain most speed differences between x86 machines
     print(json.dumps(facts))
     rows = []
     for architecture in args.architectures:

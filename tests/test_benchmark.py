@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from anomaly import benchmark
+from anomaly.benchmark import machine as benchmark_machine
+from anomaly.benchmark import runner
 from anomaly.cli import benchmark as benchmark_cli
 from anomaly.cli.common import run
 from anomaly.errors import AnomalyError
@@ -60,7 +62,8 @@ def test_grid_writes_results_machine_and_plots(grid, demo_root):
     md = (out / "results.md").read_text()
     assert "| mvtecCAE | ssim | 0 |" in md and "| pixel-gaussian | none | 0 |" in md
     machine = json.loads((out / "machine.json").read_text())
-    for key in ("cpu", "cores", "memory_gib", "tensorflow", "gpus", "python", "command", "date"):
+    for key in ("cpu", "cores", "memory_gib", "tensorflow", "gpus", "python", "command", "date",
+                "avx512", "avx2", "onednn"):  # the CPU facts of anomaly.machine, on every benchmark
         assert key in machine, key
     assert machine["command"].startswith("anomaly-benchmark -d ")
 
@@ -72,7 +75,7 @@ def test_rerun_skips_runs_done(grid, monkeypatch, capsys):
     def no_worker(args, log_path):
         raise AssertionError(f"a worker was started for {args['detector']}")
 
-    monkeypatch.setattr(benchmark, "_start_worker", no_worker)
+    monkeypatch.setattr(runner, "_start_worker", no_worker)
     start = time.perf_counter()
     assert run(benchmark_cli.main, argv) == 0
     assert time.perf_counter() - start < 60
@@ -95,8 +98,8 @@ def test_failed_run_is_recorded_and_retried(demo_root, tmp_path, monkeypatch, ca
              "fit_seconds": 0.1, "test_images_per_second": 10.0, "peak_memory_mb": 100.0}))
         return 0
 
-    monkeypatch.setattr(benchmark, "_start_worker", fake_worker)
-    monkeypatch.setattr(benchmark, "machine_facts", lambda: {"cpu": "test", "cores": 1, "gpus": []})
+    monkeypatch.setattr(runner, "_start_worker", fake_worker)
+    monkeypatch.setattr(benchmark_machine, "machine_facts", lambda: {"cpu": "test", "cores": 1, "gpus": []})
     assert run(benchmark_cli.main, _args(demo_root, out)) == 1
     rows = {r["detector"]: r for r in _rows(out)}
     assert rows["mvtecCAE"]["status"] == "error"
@@ -141,7 +144,8 @@ def test_feature_detectors_vary_by_backbone(demo_root):
 
 
 @pytest.mark.parametrize("flag, value, needle", [("-a", "fooCAE", "--architectures"), ("-l", "huber", "--losses"),
-                                                 ("--mode", "supervised", "--mode"), ("--backbones", "vgg", "--backbones")])
+                                                 ("--mode", "supervised", "--mode"),
+                                                 ("--backbones", "vgg", "--backbones")])
 def test_unknown_names_exit_2_before_anything_is_written(flag, value, needle, demo_root, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(benchmark_cli.main, _args(demo_root, out, flag, value)) == 2
@@ -157,6 +161,20 @@ def test_non_square_inputs_reach_every_run_and_the_size_column(demo_root):
         assert setting["overrides"]["input_width"] == 128 and setting["input_size"] == "640x128"
     square = benchmark.resolve_settings(runs, None, 128, None, "normal-only")
     assert square[("padim", "efficientnet_lite0")]["input_size"] == 128
-    with pytest.raises(AnomalyError, match="--input-width: cutpaste"):
+    with pytest.raises(AnomalyError, match="input_width: cutpaste"):
         benchmark.resolve_settings(benchmark.plan_grid([demo_root], ["cutpaste"], ["ssim"], [0]), None, 256, None,
                                    "normal-only", input_width=128)
+
+
+def test_epochs_apply_to_the_detectors_whose_class_trains_epochs(demo_root, monkeypatch):
+    from anomaly.detectors import detector_class
+
+    runs = benchmark.plan_grid([demo_root], ["mvtecCAE", "feature-ae", "pixel-gaussian", "patchcore"], ["ssim"], [0])
+    settings = benchmark.resolve_settings(runs, 3, None, None, "normal-only")
+    epochs = {detector: s["epochs"] for (detector, _), s in settings.items()}
+    assert epochs == {"mvtecCAE": 3, "feature-ae": 3, "pixel-gaussian": None, "patchcore": None}
+    # The class decides, not a list in the benchmark.
+    monkeypatch.setattr(detector_class("patchcore"), "trains_epochs", True, raising=False)
+    assert benchmark.trains_epochs("patchcore")
+    settings = benchmark.resolve_settings(runs, 3, None, None, "normal-only")
+    assert settings[("patchcore", "efficientnet_lite0")]["epochs"] == 3

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from anomaly import config as config_module
-from anomaly.config import MSSIM_MIN_SIZE, TrainConfig, config_from_dict, load_train_config, read_yaml
+from anomaly.config import TrainConfig, config_from_dict, load_train_config, read_yaml
 from anomaly.errors import AnomalyError
+from anomaly.losses import MSSIM_MIN_SIZE
 
 
 def write(path: Path, text: str) -> Path:
@@ -23,6 +24,7 @@ def config_dir(tmp_path, monkeypatch) -> Path:
     """An empty stand-in for configs/, so a test controls which defaults files exist."""
     d = tmp_path / "configs"
     d.mkdir()
+    write(d / "default.yaml", "")  # must exist (a missing one is a broken install); empty: no defaults
     monkeypatch.setattr(config_module, "CONFIG_DIR", d)
     return d
 
@@ -218,27 +220,41 @@ def test_empty_yaml_file_changes_nothing(config_dir, tmp_path):
 # --------------------------------------------------------------------------- validate
 
 
-@pytest.mark.parametrize("overrides, flag", [
-    ({"architecture": "superCAE"}, "--architecture"),
-    ({"loss": "l1"}, "--loss"),
-    ({"color_mode": "cmyk"}, "--color"),
-    ({"precision": "float16"}, "--precision"),
-    ({"input_size": 100}, "--input-size"),
-    ({"input_size": 0}, "--input-size"),
-    ({"batch_size": 0}, "--batch"),
-    ({"batch_size": -4}, "--batch"),
-    ({"epochs": 0}, "--epochs"),
-    ({"val_split": 0.0}, "--val-split"),
-    ({"val_split": 1.0}, "--val-split"),
-    ({"lr": 0.0}, "--lr"),
-    ({"lr": -1e-3}, "--lr"),
+@pytest.mark.parametrize("overrides, option", [
+    ({"architecture": "superCAE"}, "architecture"),
+    ({"loss": "l1"}, "loss"),
+    ({"color_mode": "cmyk"}, "color_mode"),
+    ({"precision": "float16"}, "precision"),
+    ({"input_size": 100}, "input_size"),
+    ({"input_size": 0}, "input_size"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": -4}, "batch_size"),
+    ({"epochs": 0}, "epochs"),
+    ({"val_split": 0.0}, "val_split"),
+    ({"val_split": 1.0}, "val_split"),
+    ({"lr": 0.0}, "lr"),
+    ({"lr": -1e-3}, "lr"),
 ])
-def test_validate_names_the_flag(config_dir, overrides, flag):
+def test_validate_names_the_option(config_dir, overrides, option):
     with pytest.raises(AnomalyError) as exc:
         load_train_config(overrides)
-    assert_one_line(exc, flag)
+    assert exc.value.option == option
+    assert_one_line(exc, option)
     bad_value = str(next(iter(overrides.values())))
     assert bad_value in str(exc.value)
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["-a", "superCAE"], "error: -a/--architecture: unknown value 'superCAE'"),
+    (["-b", "0"], "error: -b/--batch: expected a positive integer"),
+    (["--lr", "-1"], "error: --lr: expected a positive number"),
+])
+def test_the_command_line_shows_its_flag_for_an_option(config_dir, argv, shown, capsys):
+    from anomaly.cli import train as train_cli
+    from anomaly.cli.common import run
+
+    assert run(train_cli.main, ["-d", "anywhere", *argv]) == 2
+    assert capsys.readouterr().err.startswith(shown)
 
 
 def test_validate_accepts_every_listed_choice(config_dir):
@@ -256,7 +272,7 @@ def test_mssim_needs_a_large_input(config_dir):
     assert MSSIM_MIN_SIZE == 176
     with pytest.raises(AnomalyError) as exc:
         load_train_config({"loss": "mssim", "input_size": 160})
-    assert_one_line(exc, "mssim", "--input-size", "176")
+    assert_one_line(exc, "mssim", "loss", "176")
     assert load_train_config({"loss": "mssim", "input_size": 192}).loss == "mssim"
 
 
@@ -298,9 +314,10 @@ def test_input_width_makes_non_square_images(config_dir):
     config = load_train_config({"data_dir": "x", "input_size": 640, "input_width": 128})
     assert config.image_size == (640, 128) and config.input_shape == (640, 128, 1)
     assert load_train_config({"data_dir": "x"}).image_size == (256, 256)
-    with pytest.raises(AnomalyError, match="--input-width: expected a multiple of 32"):
+    with pytest.raises(AnomalyError, match="input_width: expected a multiple of 32"):
         load_train_config({"data_dir": "x", "input_width": 100})
-    with pytest.raises(AnomalyError, match="--input-width: cutpaste"):
+    write(config_dir / "cutpaste.yaml", "")  # a detector with a backbone needs its own defaults file
+    with pytest.raises(AnomalyError, match="input_width: cutpaste"):
         load_train_config({"data_dir": "x", "architecture": "cutpaste", "input_width": 128})
-    with pytest.raises(AnomalyError, match="--loss mssim needs"):
+    with pytest.raises(AnomalyError, match="loss: mssim needs"):
         load_train_config({"data_dir": "x", "loss": "mssim", "input_width": 128})

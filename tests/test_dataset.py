@@ -267,3 +267,59 @@ def test_finetune_split_keeps_both_classes_when_imbalanced(spec):
 def test_finetune_split_empty_or_zero_fraction():
     assert finetune_split([], 0.1, 0) == []
     assert finetune_split(labelled_samples({"good": 5, "crack": 5}), 0.0, 0) == []
+
+
+def _folder_layout(demo_root, root):
+    """good/ (every good image), bad/ (every defective one, renamed unique) and masks/."""
+    import shutil
+
+    (root / "good").mkdir(parents=True)
+    (root / "bad").mkdir()
+    (root / "masks").mkdir()
+    for i, image in enumerate(sorted((demo_root / "train" / "good").glob("*.png"))):
+        shutil.copy(image, root / "good" / f"train_{i:03d}.png")
+    for defect in sorted(d.name for d in (demo_root / "test").iterdir() if d.name != "good"):
+        for image in sorted((demo_root / "test" / defect).glob("*.png")):
+            shutil.copy(image, root / "bad" / f"{defect}_{image.name}")
+            shutil.copy(demo_root / "ground_truth" / defect / f"{image.stem}_mask.png",
+                        root / "masks" / f"{defect}_{image.stem}_mask.png")
+    return root
+
+
+def test_folder_layout_splits_good_images_seeded_and_pairs_masks(demo_root, tmp_path):
+    from anomaly.data.dataset import load_dataset
+
+    root = _folder_layout(demo_root, tmp_path / "line1")
+    a = load_dataset(root, "good", "bad", "masks", normal_test_split=0.25, seed=3)
+    b = load_dataset(root, "good", "bad", "masks", normal_test_split=0.25, seed=3)
+    assert [s.relpath for s in a.train] == [s.relpath for s in b.train]
+    good_test = [s for s in a.test if s.label == 0]
+    assert len(good_test) == 4 and len(a.train) == 12 and a.has_masks
+    assert not {s.relpath for s in a.train} & {s.relpath for s in good_test}
+    bad = [s for s in a.test if s.label == 1]
+    assert len(bad) == 6 and all(s.mask_path.name == f"{Path(s.relpath).stem}_mask.png" for s in bad)
+    (root / "masks" / "blob_000_mask.png").unlink()
+    with pytest.raises(AnomalyError, match="has no mask"):
+        load_dataset(root, "good", "bad", "masks")
+    with pytest.raises(AnomalyError, match="normal_dir"):
+        load_dataset(root, "nope")
+
+
+def test_folder_layout_trains_finetunes_and_tests_from_the_command_line(demo_root, tmp_path):
+    from anomaly.cli import finetune as finetune_cli
+    from anomaly.cli import test as test_cli
+    from anomaly.cli import train as train_cli
+    from tests.conftest import train_args
+
+    root = _folder_layout(demo_root, tmp_path / "line1")
+    args = train_args(root, tmp_path / "models", "-a", "pixel-gaussian", "--normal-dir", "good", "--abnormal-dir",
+                      "bad", "--mask-dir", "masks")
+    assert train_cli.main(args) == 0
+    (model_dir,) = [p.parent for p in (tmp_path / "models").rglob("config.yaml")]
+    assert finetune_cli.main(["-p", str(model_dir), "-q"]) == 0
+    assert test_cli.main(["-p", str(model_dir), "-q"]) == 0
+    (metrics,) = model_dir.glob("test/*/metrics.json")
+    import json
+
+    m = json.loads(metrics.read_text())
+    assert m["n_good"] == 3 and m["n_defective"] == 6 and m["pixel_auroc"] is not None

@@ -57,7 +57,8 @@ def test_full_map_keeps_a_constant_and_centres_a_peak():
     assert np.unravel_index(out.argmax(), out.shape) in {(35, 35), (35, 36), (36, 35), (36, 36)}
 
 
-FEATURE_DETECTORS = [("patchcore", []), ("padim", []), ("fre", []), ("fre-tae", ["-e", "3"]), ("knn", []), ("kmeans", []),
+FEATURE_DETECTORS = [("patchcore", []), ("padim", []), ("fre", []), ("fre-tae", ["-e", "3"]), ("knn", []),
+                     ("kmeans", []),
                      ("feature-ae", ["-e", "2"]), ("cutpaste", ["-e", "2"])]
 
 
@@ -88,7 +89,8 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
         for method in ("patch", "gradcam"):  # the other maps, from the saved model
             assert finetune_cli.main(["-p", str(model_file), "-m", method, "-q"]) == 0
             assert test_cli.main(["-p", str(model_dir), "-m", method, "-q"]) == 0
-            assert json.loads((model_dir / "test" / f"{method}_float64" / "metrics.json").read_text())["pixel_auroc"] >= 0
+            metrics = json.loads((model_dir / "test" / f"{method}_float64" / "metrics.json").read_text())
+            assert metrics["pixel_auroc"] >= 0
     if detector in ("knn", "kmeans"):
         assert metrics["pixel_auroc"] is None and metrics["aupro_0.3"] is None  # image-level
         assert np.ptp(saved) == 0
@@ -104,8 +106,8 @@ def test_patchcore_bank_is_seeded_and_sized_by_the_ratio(demo_root, tmp_path):
     config = load_train_config({"data_dir": str(demo_root), "architecture": "patchcore", "input_size": 64,
                                 "coreset_ratio": 0.05})
     images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
-    a = PatchCoreDetector.from_config(config).fit(images)
-    b = PatchCoreDetector.from_config(config).fit(images)
+    a = PatchCoreDetector.from_train_config(config).fit(images)
+    b = PatchCoreDetector.from_train_config(config).fit(images)
     n_patches = len(images) * 16 * 16  # stride-4 grid of a 64 px image
     assert len(a.memory_bank_) == round(n_patches * 0.05)
     np.testing.assert_array_equal(a.memory_bank_, b.memory_bank_)
@@ -122,10 +124,10 @@ def test_patchcore_reweighting_scales_each_map_by_a_weight_below_one(demo_root):
     config = load_train_config({"data_dir": str(demo_root), "architecture": "patchcore", "input_size": 64,
                                 "coreset_ratio": 0.1})
     images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
-    plain = PatchCoreDetector.from_config(config).fit(images[:8])
+    plain = PatchCoreDetector.from_train_config(config).fit(images[:8])
     test = read_images(sorted((demo_root / "test").rglob("*.png"))[:3], "rgb", (64, 64))
     config.reweight = True
-    reweighted = PatchCoreDetector.from_config(config)
+    reweighted = PatchCoreDetector.from_train_config(config)
     reweighted.memory_bank_, reweighted.grid_ = plain.memory_bank_, plain.grid_
     ratio = reweighted.anomaly_maps(test).max(axis=(1, 2)) / plain.anomaly_maps(test).max(axis=(1, 2))
     assert np.all((ratio > 0) & (ratio < 1))
@@ -139,8 +141,8 @@ def test_padim_fits_one_gaussian_per_position(demo_root):
     config = load_train_config({"data_dir": str(demo_root), "architecture": "padim", "input_size": 64,
                                 "padim_dims": 20})
     images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
-    a = PaDiMDetector.from_config(config).fit(images)
-    b = PaDiMDetector.from_config(config).fit(images)
+    a = PaDiMDetector.from_train_config(config).fit(images)
+    b = PaDiMDetector.from_train_config(config).fit(images)
     assert a.mean_.shape == (8, 8, 20) and a.precision_.shape == (8, 8, 20, 20)  # stride-8 grid of 64 px
     assert a.summary()["bank_size"] == 64 and a.summary()["bank_mb"] == (64 * 20 + 64 * 400) * 4 / 2 ** 20
     np.testing.assert_array_equal(a.channels_, b.channels_)  # seeded channel subset
@@ -161,7 +163,7 @@ def test_fre_pca_keeps_the_asked_variance_and_reconstructs_training_features(dem
     config = load_train_config({"data_dir": str(demo_root), "architecture": "fre", "input_size": 64,
                                 "pca_variance": 0.9})
     images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
-    det = FREDetector.from_config(config).fit(images)
+    det = FREDetector.from_train_config(config).fit(images)
     assert 1 <= len(det.components_) < len(images)
     np.testing.assert_allclose(det.components_ @ det.components_.T, np.eye(len(det.components_)), atol=1e-4)
     noise = np.random.default_rng(0).random(images[:4].shape).astype(np.float32)
@@ -185,8 +187,8 @@ def test_cutpaste_training_is_seeded_and_learns_the_pretext_task(demo_root):
     config = load_train_config({"data_dir": str(demo_root), "architecture": "cutpaste", "input_size": 64,
                                 "epochs": 4, "batch_size": 8})
     images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
-    a = CutPasteDetector.from_config(config).fit(images, progress=False)
-    b = CutPasteDetector.from_config(config).fit(images, progress=False)
+    a = CutPasteDetector.from_train_config(config).fit(images, progress=False)
+    b = CutPasteDetector.from_train_config(config).fit(images, progress=False)
     assert a.epochs == (2, 2) and len(a.history_) == 4
     assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]  # same seed, same run
     np.testing.assert_array_equal(a.image_mean_, b.image_mean_)

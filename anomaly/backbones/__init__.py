@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -151,7 +151,8 @@ def _lite_weights(name: str, weights: str) -> dict[str, list]:
     else:
         source, cached = Path(weights), None
         if not source.is_file():
-            raise AnomalyError(f"--weights {weights}: file does not exist (expected 'imagenet', 'random' or a weights file)")
+            raise AnomalyError(f"--weights {weights}: file does not exist "
+                               "(expected 'imagenet', 'random' or a weights file)")
     state = _read_state_dict(source)
     try:
         arrays = efficientnet_lite.keras_weights(state, name)
@@ -187,7 +188,7 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
         if path.suffix == ".npz":
             return dict(load_npz(path))
         return load_legacy_state_dict(path)
-    except Exception as exc:  # foreign data can fail to load in any way; the user gets one line
+    except Exception as exc:  # noqa: BLE001 - foreign data can fail to load in any way; the user gets one line
         lines = str(exc).splitlines()
         text = lines[0] if lines else type(exc).__name__
         raise AnomalyError(f"--weights {path}: cannot read a state dict ({text})") from None
@@ -222,16 +223,19 @@ def _keras_application(name: str, weights: str, input_shape):
     builder_name, module_name = _KERAS_BUILDERS[name]
     builder: Callable = getattr(keras.applications, builder_name)
     if weights not in ("imagenet", "random") and not Path(weights).is_file():
-        raise AnomalyError(f"--weights {weights}: file does not exist (expected 'imagenet', 'random' or a weights file)")
+        raise AnomalyError(f"--weights {weights}: file does not exist "
+                           "(expected 'imagenet', 'random' or a weights file)")
     try:
         model = builder(include_top=False, input_shape=tuple(input_shape),
                         weights=None if weights == "random" else weights)
-    except Exception as exc:  # keras raises bare Exception for download failures
+    except Exception as exc:  # noqa: BLE001 - keras raises bare Exception for download failures
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if weights == "imagenet":
             raise AnomalyError(f"--backbone {name}: cannot download its ImageNet weights ({text}); when offline, "
-                               f"pass --weights FILE with a Keras .h5 file for {builder_name}(include_top=False)") from None
-        raise AnomalyError(f"--weights {weights}: cannot load into {builder_name}(include_top=False) ({text})") from None
+                               f"pass --weights FILE with a Keras .h5 file for {builder_name}(include_top=False)"
+                               ) from None
+        raise AnomalyError(f"--weights {weights}: cannot load into {builder_name}(include_top=False) "
+                           f"({text})") from None
     preprocess_input = getattr(keras.applications, module_name).preprocess_input
 
     def preprocess(x):

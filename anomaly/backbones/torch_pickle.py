@@ -107,7 +107,7 @@ def _unpickle(file, what: str, storages: dict[str, tuple[str, int]] | None = Non
     """
     try:
         return _Unpickler(file, storages).load()
-    except Exception as exc:  # a foreign pickle can raise anything: all of it means a bad file
+    except Exception as exc:  # noqa: BLE001 - a foreign pickle can raise anything: all of it means a bad file
         raise ValueError(f"{what} pickle: {_one_line(exc)}") from None
 
 

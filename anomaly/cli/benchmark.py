@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir or default_output_dir()
     command = " ".join(["anomaly-benchmark", *(sys.argv[1:] if argv is None else argv)])
     rows = run_benchmark(args.data, detectors=args.architectures, losses=args.losses, seeds=args.seeds,
-                         backbones=args.backbones, output_dir=output_dir, epochs=args.epochs, input_size=args.input_size,
+                         backbones=args.backbones, output_dir=output_dir, epochs=args.epochs,
+                         input_size=args.input_size,
                          lr=args.lr, mode=args.mode, progress=not args.quiet, command=command,
                          method=args.method, smooth=args.smooth, normalize=args.normalize,
                          max_minutes=args.max_minutes, input_width=args.input_width)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from anomaly.errors import AnomalyError, AnomalyWarning
 
@@ -18,13 +19,31 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 _default_format = warnings.formatwarning
 
 
-def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Call `main`; print an AnomalyError as one line on stderr and return 2."""
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's flag text by its name (dest), e.g. {"coreset_ratio": "--coreset-ratio"}."""
+    return {a.dest: "/".join(a.option_strings) for a in parser._actions if a.option_strings}
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+        parser: argparse.ArgumentParser | None = None) -> int:
+    """Call `main`; print an AnomalyError as one line on stderr and return 2.
+
+    Args:
+        main: the entry point's main(argv).
+        argv: its arguments (sys.argv when None).
+        parser: its parser, so an error about an option names the flag that sets it (default:
+            the `build_parser()` of main's module).
+    """
     warnings.formatwarning = _one_line_warning
     try:
         return main(argv)
     except AnomalyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if parser is None:
+            build = getattr(sys.modules.get(main.__module__), "build_parser", None)
+            parser = build() if build is not None else None
+        flags = flag_names(parser) if parser is not None else {}
+        text = f"{flags[exc.option]}: {exc.message}" if exc.option in flags else str(exc)
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

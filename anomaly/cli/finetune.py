@@ -10,8 +10,11 @@ from anomaly.cli.common import fmt, run
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
-    p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
-    p.add_argument("-m", "--method", help="map: mssim (default), ssim or l2 for autoencoders; zscore for pixel-gaussian; "
+    p.add_argument("-p", "--path", required=True, help="model file (.keras, .hdf5, .npz) or its directory")
+    p.add_argument("-d", "--data-dir", help="the dataset folder, when it has moved since training (default: the "
+                   "folder recorded in the model's config.yaml)")
+    p.add_argument("-m", "--method", help="map: mssim (default), ssim or l2 for autoencoders; "
+                   "zscore for pixel-gaussian; "
                    "the feature detectors have one map each (their default)")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
     p.add_argument("--mode", default="normal-only",
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     r = finetune(args.path, args.method, args.dtype, args.split, args.seed, progress=not args.quiet,
                  mode=args.mode, target_fpr=args.target_fpr, smooth=args.smooth,
-                 score_sigma=args.score_sigma, score=args.score, normalize=args.normalize)
+                 score_sigma=args.score_sigma, score=args.score, normalize=args.normalize, data_dir=args.data_dir)
     if r["mode"] == "semi":
         print(f"min_area {r['min_area']}, threshold {r['threshold']:g}: balanced accuracy {fmt(r['score'])} "
               f"(TPR {fmt(r['tpr'])}, TNR {fmt(r['tnr'])}) on {len(r['finetune_images'])} finetune images")

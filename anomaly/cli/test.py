@@ -10,7 +10,9 @@ from anomaly.cli.common import print_metrics, run
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-test", description=__doc__)
-    p.add_argument("-p", "--path", required=True, help="model file (.keras/.hdf5) or its directory")
+    p.add_argument("-p", "--path", required=True, help="model file (.keras, .hdf5, .npz) or its directory")
+    p.add_argument("-d", "--data-dir", help="the dataset folder, when it has moved since training (default: the "
+                   "folder recorded in the model's config.yaml)")
     p.add_argument("-s", "--save", action="store_true", help="write images/ and maps/")
     p.add_argument("-m", "--method", help="test only this residual map (ssim, mssim or l2)")
     p.add_argument("-t", "--dtype", help="test only this dtype (float64 or uint8)")
@@ -22,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from anomaly.evaluate import evaluate
 
-    results = evaluate(args.path, save=args.save, method=args.method, dtype=args.dtype, progress=not args.quiet)
+    results = evaluate(args.path, save=args.save, method=args.method, dtype=args.dtype, progress=not args.quiet,
+                       data_dir=args.data_dir)
     print_metrics(results)
     for r in results:
         print(f"saved: {r['dir']}" + (" (pictures in images/, maps in maps/)" if args.save else ""))

@@ -1,4 +1,5 @@
-"""anomaly-train: train a detector (an autoencoder, a baseline or a feature detector) on the defect-free images of a dataset folder."""
+"""anomaly-train: train a detector (an autoencoder, a baseline or a feature detector) on the defect-free
+images of a dataset folder."""
 
 from __future__ import annotations
 
@@ -10,12 +11,22 @@ from anomaly.cli.common import run
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomaly-train", description=__doc__)
-    p.add_argument("-d", "--input-dir", dest="data_dir", help="dataset category folder (MVTec layout)")
-    from anomaly.detectors import BASELINES, FEATURE_DETECTORS, list_architectures
+    p.add_argument("-d", "--input-dir", dest="data_dir", help="dataset category folder (MVTec layout), or the "
+                   "folder holding --normal-dir, --abnormal-dir and --mask-dir")
+    p.add_argument("--normal-dir", help="folder layout: the defect-free images (a folder inside -d); a seeded "
+                   "--normal-test-split of them is held out for testing")
+    p.add_argument("--abnormal-dir", help="folder layout: the defective images (optional)")
+    p.add_argument("--mask-dir", help="folder layout: masks of the defective images, <stem>[_mask].png (optional)")
+    p.add_argument("--normal-test-split", type=float, help="folder layout: share of good images held out "
+                   "for testing (default 0.2)")
+    from anomaly.detectors import detector_class, list_detectors
 
+    families = {}
+    for name in list_detectors():
+        families.setdefault(detector_class(name).family, []).append(name)
     p.add_argument("-a", "--architecture",
-                   help=f"autoencoders: {', '.join(list_architectures())} (default mvtecCAE); baselines: "
-                   f"{', '.join(BASELINES)}; feature detectors: {', '.join(FEATURE_DETECTORS)}")
+                   help=f"autoencoders: {', '.join(families['autoencoder'])} (default mvtecCAE); baseline: "
+                   f"{', '.join(families['baseline'])}; feature detectors: {', '.join(families['features'])}")
     p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")

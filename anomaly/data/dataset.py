@@ -5,6 +5,13 @@
     <root>/ground_truth/<defect type>/<stem>_mask.<ext>      (optional)
 
 Without `ground_truth/` the test set is still usable for image-level metrics.
+
+Or the layout most users have (as anomalib's `Folder`): one folder of good images, one of
+defective images and, optionally, one of masks named after the defective images:
+
+    <root>/<normal_dir>/*.<ext>      a seeded share becomes test/good, the rest train/good
+    <root>/<abnormal_dir>/*.<ext>    test/<abnormal_dir>
+    <root>/<mask_dir>/<stem>[_mask].<ext>
 """
 
 from __future__ import annotations
@@ -186,3 +193,72 @@ def finetune_split(samples: list[Sample], fraction: float, seed: int) -> list[Sa
             picked.discard(donors[int(rng.integers(len(donors)))])
             picked.add(pool[int(rng.integers(len(pool)))])
     return [s for i, s in enumerate(samples) if i in picked]
+
+
+def find_folder_dataset(root: str | Path, normal_dir: str, abnormal_dir: str | None = None,
+                        mask_dir: str | None = None, normal_test_split: float = 0.2, seed: int = 0) -> Dataset:
+    """Index a folder of good images and one of defective images (anomalib's `Folder` layout).
+
+    Args:
+        root: the folder holding the others (they may also be absolute paths).
+        normal_dir: the defect-free images.
+        abnormal_dir: the defective images (none: no test set but the held-out good images).
+        mask_dir: masks of the defective images, named `<stem>.<ext>` or `<stem>_mask.<ext>`.
+        normal_test_split: the share of the good images held out (seeded) as test/good.
+        seed: seeds that split.
+
+    Returns:
+        A Dataset whose sample paths are relative to `root`.
+
+    Raises:
+        AnomalyError: a folder is missing or empty, or a defective image has no mask.
+    """
+    root = Path(os.path.abspath(Path(root).expanduser()))
+
+    def folder(name: str, option: str) -> Path:
+        path = root / name
+        if not path.is_dir():
+            raise AnomalyError(f"{path}: folder does not exist", option)
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise AnomalyError(f"{path}: expected a folder inside {root}", option)
+        return path
+
+    if not 0 <= normal_test_split < 1:
+        raise AnomalyError(f"expected a fraction in [0, 1), got {normal_test_split}", "normal_test_split")
+    normal = _images_in(folder(normal_dir, "normal_dir"))
+    if not normal:
+        raise AnomalyError(f"{root / normal_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})", "normal_dir")
+    n_test = int(round(normal_test_split * len(normal)))
+    held = set(np.random.default_rng(seed).permutation(len(normal))[:n_test].tolist())
+    train = [Sample(p, _relpath(p, root), 0, GOOD) for i, p in enumerate(normal) if i not in held]
+    test = [Sample(p, _relpath(p, root), 0, GOOD) for i, p in enumerate(normal) if i in held]
+    masks: dict[str, Path] = {}
+    if mask_dir:
+        for mask in _images_in(folder(mask_dir, "mask_dir")):
+            masks[mask.stem[:-5] if mask.stem.endswith("_mask") else mask.stem] = mask
+    if abnormal_dir:
+        defect = Path(abnormal_dir).name
+        for image in _images_in(folder(abnormal_dir, "abnormal_dir")):
+            mask = masks.get(image.stem)
+            if mask_dir and mask is None:
+                raise AnomalyError(f"{image}: defective image has no mask (expected {root / mask_dir}/"
+                                   f"{image.stem}_mask.png or {image.stem}.png)", "mask_dir")
+            test.append(Sample(image, _relpath(image, root), 1, defect, mask))
+    return Dataset(root=root, train=train, test=test, has_masks=bool(mask_dir))
+
+
+def load_dataset(root: str | Path, normal_dir: str = "", abnormal_dir: str = "", mask_dir: str = "",
+                 normal_test_split: float = 0.2, seed: int = 0) -> Dataset:
+    """A dataset folder: MVTec layout, or the folder layout when `normal_dir` is given.
+
+    Args:
+        root: the category folder (MVTec) or the folder holding the others (folder layout).
+        normal_dir, abnormal_dir, mask_dir, normal_test_split, seed: the folder layout
+            (`find_folder_dataset`); empty `normal_dir` for MVTec layout.
+
+    Returns:
+        The Dataset.
+    """
+    if normal_dir:
+        return find_folder_dataset(root, normal_dir, abnormal_dir or None, mask_dir or None, normal_test_split, seed)
+    return find_dataset(root)

@@ -23,7 +23,7 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def read_raw(path: Path) -> np.ndarray:
     """Decode a file into an array of shape (H, W) or (H, W, C) in its own dtype."""
     try:
         with Image.open(path) as img:
@@ -68,6 +68,25 @@ def _convert_channels(array: np.ndarray, color_mode: str) -> np.ndarray:
     return array
 
 
+def conform(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """One decoded image as float32 `shape` (H, W, C with C 1 or 3) in [0, 1].
+
+    Args:
+        array: (H, W) or (H, W, C) pixels, integer (scaled by the dtype's range) or float.
+        shape: the model's input shape.
+
+    Returns:
+        The image converted to the channels and resized (bilinear, anti-aliased) to the size.
+    """
+    color_mode = "grayscale" if shape[-1] == 1 else "rgb"
+    array = _convert_channels(_to_unit_float(np.asarray(array)), color_mode)
+    size = tuple(shape[:2])
+    if array.shape[:2] != size:
+        array = resize(array, size + array.shape[2:], order=1, anti_aliasing=True, preserve_range=True,
+                       mode="reflect")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def read_image(path: Path, color_mode: str, size: tuple[int, int]) -> np.ndarray:
     """Read one image as float32 (H, W, C) in [0, 1] at the model's input size.
 
@@ -80,11 +99,7 @@ def read_image(path: Path, color_mode: str, size: tuple[int, int]) -> np.ndarray
     Returns:
         The image array.
     """
-    array = _convert_channels(_to_unit_float(_read_raw(Path(path))), color_mode)
-    if array.shape[:2] != tuple(size):
-        array = resize(array, tuple(size) + array.shape[2:], order=1, anti_aliasing=True,
-                       preserve_range=True, mode="reflect")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return conform(read_raw(Path(path)), (*size, 1 if color_mode == "grayscale" else 3))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -102,7 +117,7 @@ def read_mask(path: Path, image_path: Path, size: tuple[int, int]) -> np.ndarray
     Raises:
         AnomalyError: when the mask cannot be read or its size differs from its image's.
     """
-    raw = _read_raw(Path(path))
+    raw = read_raw(Path(path))
     expected = image_size(Path(image_path))
     if raw.shape[:2] != expected:
         raise AnomalyError(f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "

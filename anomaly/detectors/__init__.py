@@ -1,54 +1,46 @@
-"""Detectors by name: the five autoencoders, the pixel-gaussian baseline and the feature detectors."""
+"""Detectors by name: the five autoencoders, the pixel-gaussian baseline and the feature detectors.
+
+Every module of this package that defines a detector registers its classes with
+`anomaly.detectors.base.register`; `load_all` imports the modules, so a new detector is one new
+module here (plus its `configs/<name>.yaml`).
+"""
 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
+import pkgutil
 
-from anomaly.errors import AnomalyError
-from anomaly.models import list_architectures
+from anomaly.detectors.base import REGISTRY, Detector, detector_class, register
 
-BASELINES = ("pixel-gaussian",)
-# name -> (module, class) of the detectors that read a pretrained backbone.
-FEATURE_DETECTORS = {
-    "patchcore": ("anomaly.detectors.patchcore", "PatchCoreDetector"),
-    "padim": ("anomaly.detectors.padim", "PaDiMDetector"),
-    "fre": ("anomaly.detectors.fre", "FREDetector"),
-    "fre-tae": ("anomaly.detectors.fre", "TiedAutoencoderFRE"),
-    "knn": ("anomaly.detectors.image_level", "KNNDetector"),
-    "kmeans": ("anomaly.detectors.image_level", "KMeansDetector"),
-    "feature-ae": ("anomaly.detectors.feature_ae", "FeatureAEDetector"),
-    "cutpaste": ("anomaly.detectors.cutpaste", "CutPasteDetector"),
-}
-_OTHERS = {"pixel-gaussian": ("anomaly.detectors.pixel_gaussian", "PixelGaussianDetector"), **FEATURE_DETECTORS}
+__all__ = ["Detector", "register", "detector_class", "list_detectors", "is_autoencoder", "uses_backbone",
+           "load_all"]
+
+# Modules of this package that hold no detector.
+_HELPERS = {"base", "features"}
+
+
+def load_all() -> None:
+    """Import every detector module once, so that each class has registered itself."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in _HELPERS and f"{__name__}.{module.name}" not in _loaded:
+            importlib.import_module(f"{__name__}.{module.name}")
+            _loaded.add(f"{__name__}.{module.name}")
+
+
+_loaded: set[str] = set()
 
 
 def list_detectors() -> list[str]:
-    """Every name `-a/--architecture` accepts."""
-    return [*list_architectures(), *BASELINES, *FEATURE_DETECTORS]
+    """Every name `-a/--architecture` accepts: autoencoders, baselines, then the feature detectors."""
+    load_all()
+    order = {"autoencoder": 0, "baseline": 1, "features": 2}
+    return sorted(REGISTRY, key=lambda n: order[REGISTRY[n].family])
 
 
 def is_autoencoder(name: str) -> bool:
-    return name in list_architectures()
+    return name in list_detectors() and REGISTRY[name].family == "autoencoder"
 
 
 def uses_backbone(name: str) -> bool:
     """Whether a detector reads a pretrained backbone (`--backbone`)."""
-    return name in FEATURE_DETECTORS
-
-
-def detector_class(name: str):
-    """The class implementing a detector name."""
-    if is_autoencoder(name):
-        from anomaly.detectors.autoencoder import AutoencoderDetector
-
-        return AutoencoderDetector
-    if name in _OTHERS:
-        module, cls = _OTHERS[name]
-        return getattr(importlib.import_module(module), cls)
-    raise AnomalyError(f"--architecture: unknown architecture '{name}': expected one of {', '.join(list_detectors())}")
-
-
-def load_detector(config, model_file: Path):
-    """Load the detector saved in `model_file` for the configuration it was trained with."""
-    return detector_class(config.architecture).load(config, model_file)
+    return name in list_detectors() and REGISTRY[name].uses_backbone

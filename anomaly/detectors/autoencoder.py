@@ -2,49 +2,32 @@
 
 from __future__ import annotations
 
+import glob
 import math
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from anomaly.config import TrainConfig
 from anomaly.data.pipeline import Augmentation, evaluation_dataset, steps_per_epoch, training_dataset
-from anomaly.detectors.base import Detector
+from anomaly.detectors.base import Detector, FitResult, detector_class, register
 from anomaly.errors import AnomalyError
 from anomaly.losses import get_loss, get_metric
 from anomaly.models import build_model
 from anomaly.resmaps import RESIDUALS, check_method, finish_map
-from anomaly.training import (MIN_FINDER_STEPS, LRFinderResult, OneCycle, PatienceAndCheckpoint, TimeBudget,
-                              find_learning_rate, load_checkpoint_state, make_optimizer, progress_verbosity)
-
-
-@dataclass
-class FitResult:
-    """What training produced.
-
-    Attributes:
-        history: one dict per epoch (epoch, loss, val_loss, metric, val_metric, lr).
-        best_epoch: 1-based epoch of the lowest validation loss.
-        lr_finder: the range test's outcome (None with a fixed --lr or on resume).
-        lr: the peak learning rate used.
-        schedule: learning rate of every batch trained in this call.
-        interrupted: True when Ctrl-C ended training.
-        seconds: wall time of this call.
-        out_of_time: True when the `max_minutes` budget ended training.
-    """
-
-    history: list[dict]
-    best_epoch: int
-    lr_finder: LRFinderResult | None
-    lr: float
-    schedule: list[float]
-    interrupted: bool
-    seconds: float
-    out_of_time: bool = False
+from anomaly.schedule import (
+    MIN_FINDER_STEPS,
+    OneCycle,
+    PatienceAndCheckpoint,
+    TimeBudget,
+    find_learning_rate,
+    load_checkpoint_state,
+    make_optimizer,
+    progress_verbosity,
+)
 
 
 def set_seed(seed: int) -> None:
@@ -63,42 +46,106 @@ class _RecordLR(keras.callbacks.Callback):
 
 
 class AutoencoderDetector(Detector):
-    """A convolutional autoencoder trained on defect-free images.
+    """A convolutional autoencoder trained on defect-free images; the map is the residual.
 
     Args:
-        config: the training configuration (architecture, loss, input shape, schedule).
-        model: an already built or loaded Keras model; built from `config` when None.
+        input_shape: (H, W, C) of the images, C 1 (grayscale) or 3 (RGB).
+        loss: "ssim", "mssim" or "l2".
+        batch_size, epochs: training batch size and the cap on epochs (early stopping usually
+            ends training first).
+        max_minutes: a training time budget in minutes, learning-rate finder included; None
+            for none.
+        seed: seeds the weights, augmentation and shuffling.
+        lr: a fixed peak learning rate; None runs the learning-rate range test.
+        lr_finder_start, lr_finder_end, lr_finder_epochs, lr_finder_stop_factor,
+            lr_decrease_factor: the range test (see `anomaly.schedule.find_learning_rate`).
+        early_stopping, reduce_on_plateau: patience in epochs (stop; halve the peak rate).
+        rotation, shift, brightness: augmentation ranges.
+        precision: "float32" or "mixed_bfloat16".
+        jit_compile: compile the training step with XLA.
+
+    Attributes:
+        checkpoint_dir: where `fit` keeps per-epoch checkpoints (a temporary folder when None);
+            with `resume` True, `fit` continues the run checkpointed there.
+        model_: the Keras model after `fit` or `load`.
+        fit_result_: the `FitResult` of the last `fit`.
     """
 
-    methods = ("ssim", "mssim", "l2")
+    family = "autoencoder"
+    trains_epochs = True
+    methods = ("mssim", "ssim", "l2")
     file_suffix = ".keras"
     # Chosen by measurement on bottle, cookie and KolektorSDD (docs/results.md): the multi-scale
     # SSIM residual smoothed with sigma 4; z-scores help KolektorSDD but hurt bottle and cookie.
     finetune_defaults = {"method": "mssim", "smooth": 4.0, "normalize": False}
+    checkpoint_dir: Path | None = None
+    resume: bool = False
 
-    def __init__(self, config: TrainConfig, model: keras.Model | None = None):
-        self.config = config
-        self.input_shape = config.input_shape
-        if config.precision == "mixed_bfloat16":
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        self.model = model if model is not None else build_model(config.architecture, config.input_shape)
+    def __init__(self, input_shape=(256, 256, 1), loss: str = "ssim", batch_size: int = 8, epochs: int = 1024,
+                 max_minutes: float | None = None, seed: int = 42, lr: float | None = None,
+                 lr_finder_start: float = 1e-5, lr_finder_end: float = 10.0, lr_finder_epochs: int = 10,
+                 lr_finder_stop_factor: float = 6.0, lr_decrease_factor: float = 0.85, early_stopping: int = 12,
+                 reduce_on_plateau: int = 6, rotation: float = 5.0, shift: float = 0.05, brightness: float = 0.05,
+                 precision: str = "float32", jit_compile: bool = False):
+        self.input_shape = tuple(input_shape)
+        self.loss, self.batch_size, self.epochs, self.max_minutes = loss, batch_size, epochs, max_minutes
+        self.seed, self.lr = seed, lr
+        self.lr_finder_start, self.lr_finder_end = lr_finder_start, lr_finder_end
+        self.lr_finder_epochs = lr_finder_epochs
+        self.lr_finder_stop_factor, self.lr_decrease_factor = lr_finder_stop_factor, lr_decrease_factor
+        self.early_stopping, self.reduce_on_plateau = early_stopping, reduce_on_plateau
+        self.rotation, self.shift, self.brightness = rotation, shift, brightness
+        self.precision, self.jit_compile = precision, jit_compile
         self._predict = {}
 
-    def fit(self, train_images: np.ndarray, val_images: np.ndarray, checkpoint_dir: Path,
-            resume: bool = False, progress: bool = True) -> FitResult:
+    @classmethod
+    def from_train_config(cls, config) -> AutoencoderDetector:
+        detector = detector_class(config.architecture)
+        return detector(config.input_shape, **{name: getattr(config, name) for name in detector._param_names()
+                                               if name != "input_shape"})
+
+    @property
+    def model(self) -> keras.Model:
+        """The network (built untrained on first use before `fit`)."""
+        if getattr(self, "model_", None) is None:
+            self.model_ = build_model(self.name, self.input_shape)
+        return self.model_
+
+    @property
+    def model_file_name(self) -> str:
+        return f"{self.name}_b{self.batch_size}_e{self.fit_result_.best_epoch}.keras"
+
+    def _state_file(self, directory: Path) -> Path:
+        files = sorted(Path(directory).glob(f"{glob.escape(self.name)}_b*_e*.keras"))
+        return files[-1] if files else Path(directory) / f"{self.name}.keras"
+
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> AutoencoderDetector:
         """Train on defect-free images with the toolkit's schedule.
 
         Args:
             train_images: (N, H, W, C) in [0, 1].
-            val_images: (M, H, W, C) in [0, 1] for early stopping.
-            checkpoint_dir: where per-epoch checkpoints are kept (and read when resuming).
-            resume: continue from the checkpoint in `checkpoint_dir`.
+            validation_images: (M, H, W, C) in [0, 1] for early stopping (required).
             progress: show progress bars.
 
         Returns:
-            The training record; the model holds the best weights afterwards.
+            self, holding the best weights; the record is `fit_result_` and `history_`.
         """
-        cfg = self.config
+        if validation_images is None or not len(validation_images):
+            raise AnomalyError("validation_images: an autoencoder needs defect-free validation images "
+                               "for early stopping")
+        if self.checkpoint_dir is None:
+            with tempfile.TemporaryDirectory(prefix="anomaly-checkpoint-") as folder:
+                return self._fit(self.prepare(train_images), self.prepare(validation_images), Path(folder),
+                                 False, progress)
+        return self._fit(self.prepare(train_images), self.prepare(validation_images), Path(self.checkpoint_dir),
+                         self.resume, progress)
+
+    def _fit(self, train_images: np.ndarray, val_images: np.ndarray, checkpoint_dir: Path,
+             resume: bool, progress: bool) -> AutoencoderDetector:
+        cfg = self
+        if cfg.precision == "mixed_bfloat16":
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
         start = time.perf_counter()
         loss_fn = get_loss(cfg.loss)
         aug = Augmentation(cfg.rotation, cfg.shift, cfg.brightness)
@@ -123,8 +170,9 @@ class AutoencoderDetector(Detector):
                 print(f"learning-rate finder: {finder.stop_reason}; chosen lr {lr:.3g}")
 
         # A fresh optimizer: the original kept Adam's moments from the range test.
+        color_mode = "grayscale" if self.input_shape[-1] == 1 else "rgb"
         self.model.compile(optimizer=make_optimizer(lr / 10), loss=loss_fn,
-                           metrics=[get_metric(cfg.color_mode, min(cfg.image_size))],
+                           metrics=[get_metric(color_mode, min(self.input_shape[:2]))],
                            jit_compile=cfg.jit_compile)
         schedule = OneCycle(lr, steps)
         keeper = PatienceAndCheckpoint(checkpoint_dir, schedule, cfg.early_stopping,
@@ -154,9 +202,12 @@ class AutoencoderDetector(Detector):
         if not interrupted:
             keeper.mark_finished()
         self._predict = {}
-        return FitResult(history=keeper.history, best_epoch=keeper.best_epoch + 1, lr_finder=finder,
-                         lr=lr, schedule=recorder.lrs, interrupted=interrupted,
-                         seconds=time.perf_counter() - start, out_of_time=bool(budget and budget.stopped))
+        self.fit_result_ = FitResult(history=keeper.history, best_epoch=keeper.best_epoch + 1, lr_finder=finder,
+                                     lr=lr, schedule=recorder.lrs, interrupted=interrupted,
+                                     seconds=time.perf_counter() - start, out_of_time=bool(budget and budget.stopped))
+        self.history_ = keeper.history
+        return self
+
 
     def _predict_fn(self, method: str):
         if method not in self._predict:
@@ -171,25 +222,35 @@ class AutoencoderDetector(Detector):
             self._predict[method] = predict
         return self._predict[method]
 
-    def reconstruct(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Reconstructions of (N, H, W, C) images, float32 in [0, 1]."""
-        return self.anomaly_maps(images, "l2", batch_size=batch_size, return_reconstructions=True)[1]
+    def fit_record(self, seconds: float) -> FitResult:
+        return self.fit_result_
 
-    def anomaly_maps(self, images: np.ndarray, method: str = "ssim", dtype: str = "float64",
-                     batch_size: int = 32, return_reconstructions: bool = False):
-        """Residual maps (N, H, W) of images against their reconstructions.
+    def save_plots(self, train_images: np.ndarray, dataset, folder: Path) -> None:
+        """The loss curves, the learning-rate range test and the schedule of the last `fit`."""
+        from anomaly import modeldir, plots
 
-        The model and the map run in one compiled function per batch.
+        result = self.fit_result_
+        if result.history:
+            plots.plot_history(result.history, folder / "loss_plot.png")
+        if result.lr_finder is not None:
+            f = result.lr_finder
+            plots.plot_lr_finder(f.lrs, f.losses, f.lr_opt, f.lr_base, folder / "lr_plot.png")
+            modeldir.write_json(folder / "lr_finder.json", {"lr_opt": f.lr_opt, "lr_base": f.lr_base,
+                                                             "stop_reason": f.stop_reason, "lrs": f.lrs,
+                                                             "losses": f.losses})
+        if result.schedule:
+            plots.plot_schedule(result.schedule, folder / "lr_schedule_plot.png")
 
-        Args:
-            images: (N, H, W, C) in [0, 1].
-            method: "ssim", "mssim" or "l2" (see `anomaly.resmaps`).
-            dtype: "float64" or "uint8".
-            batch_size: images per forward pass.
-            return_reconstructions: also return the reconstructions.
+    def reconstruct(self, images) -> np.ndarray:
+        """Reconstructions of images (any size; see `prepare`), float32 in [0, 1]."""
+        return self.anomaly_maps(images, "l2", return_reconstructions=True)[1]
 
-        Returns:
-            The maps, or (maps, reconstructions).
+    def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str, return_reconstructions: bool = False,
+                      batch_size: int = 32):
+        """Residual maps (N, H, W) of images against their reconstructions (`anomaly.resmaps`).
+
+        The model and the map run in one compiled function per batch; `dtype` "uint8" gives
+        the original toolkit's quantised maps.
         """
         check_method(method, dtype)
         predict = self._predict_fn(method)
@@ -204,19 +265,62 @@ class AutoencoderDetector(Detector):
             return maps, (np.concatenate(recons) if recons else np.zeros((0, *self.input_shape), np.float32))
         return maps
 
-    def save(self, path: Path) -> None:
-        """Save the model (weights and architecture, no optimizer) as a `.keras` file."""
-        plain = build_model(self.config.architecture, self.config.input_shape)
+    def save(self, directory: str | Path) -> Path:
+        """As `Detector.save`; a resumed run's model file replaces the interrupted run's."""
+        for stale in Path(directory).glob(f"{glob.escape(self.name)}_b*_e*.keras"):
+            stale.unlink()
+        return super().save(directory)
+
+    def _save_state(self, path: Path) -> None:
+        # Without the optimizer: a plain copy of the weights in a freshly built network.
+        plain = build_model(self.name, self.input_shape)
         plain.set_weights(self.model.get_weights())
         plain.save(path)
 
-    @classmethod
-    def load(cls, config: TrainConfig, model_file: Path) -> "AutoencoderDetector":
-        """Load a saved autoencoder for inference."""
+    def _load_state(self, path: Path) -> None:
         from anomaly.models import load_saved_model
 
-        model = load_saved_model(model_file)
+        model = load_saved_model(path)
         shape = tuple(model.input_shape[1:])
-        if shape != tuple(config.input_shape):
-            raise AnomalyError(f"-p {model_file}: model input {shape} does not match config.yaml {config.input_shape}")
-        return cls(config, model)
+        if shape != tuple(self.input_shape):
+            raise AnomalyError(f"-p {path}: model input {shape} does not match its configuration {self.input_shape}")
+        self.model_ = model
+        best = path.stem.rsplit("_e", 1)[-1]
+        self.fit_result_ = FitResult(history=[], best_epoch=int(best) if best.isdigit() else 0, lr_finder=None,
+                                     lr=0.0, schedule=[], interrupted=False, seconds=0.0)
+        self._predict = {}
+
+
+@register
+class MvtecCAE(AutoencoderDetector):
+    """The MVTec paper's autoencoder (`anomaly.models.mvtec_cae`)."""
+
+    name = "mvtecCAE"
+
+
+@register
+class BaselineCAE(AutoencoderDetector):
+    """The original toolkit's baseline autoencoder (`anomaly.models.baseline_cae`)."""
+
+    name = "baselineCAE"
+
+
+@register
+class InceptionCAE(AutoencoderDetector):
+    """The autoencoder with inception blocks (`anomaly.models.inception_cae`)."""
+
+    name = "inceptionCAE"
+
+
+@register
+class ResnetCAE(AutoencoderDetector):
+    """The autoencoder on a ResNet encoder (`anomaly.models.resnet_cae`)."""
+
+    name = "resnetCAE"
+
+
+@register
+class SkipCAE(AutoencoderDetector):
+    """The autoencoder with skip connections (`anomaly.models.skip_cae`)."""
+
+    name = "skipCAE"

@@ -1,34 +1,291 @@
-"""The detector interface: every detector turns images into anomaly maps.
+"""The detector contract: every detector turns images into anomaly maps.
 
 Everything after the map (finetuning, classification, segmentation, metrics, pictures) is
-shared, so a detector only has to learn from defect-free images and produce maps.
+shared, so a detector only has to learn from defect-free images and produce maps. The contract
+follows scikit-learn and Keras:
+
+- `__init__(**hyper_parameters)` only stores them; `get_config()` returns them and
+  `from_config(config)` rebuilds an unfitted detector from that dict.
+- `fit(train_images, validation_images=None, progress=False) -> self`; learned state ends in
+  `_`, a training record (if any) is `history_`.
+- `anomaly_maps(images)` -> (N, H, W) float32 and `image_scores(images)` -> (N,), for images
+  of any size and colour: the detector resizes them to its `input_shape` itself.
+- `save(directory)` writes `detector.yaml` (class name and config) beside the learned state;
+  `Detector.load(directory)` needs nothing else.
+
+A subclass registers itself under its `name` with `@register`, which is all a new detector
+needs (plus its YAML defaults in `configs/<name>.yaml`).
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from anomaly.errors import AnomalyError
 
-class Detector(ABC):
-    """A trained anomaly detector.
+DETECTOR_FILE = "detector.yaml"
+REGISTRY: dict[str, type[Detector]] = {}
+
+
+@dataclass
+class FitResult:
+    """What training produced.
 
     Attributes:
-        input_shape: (H, W, C) of the images it takes, in [0, 1].
+        history: one dict per epoch (epoch, loss, val_loss, metric, val_metric, lr).
+        best_epoch: 1-based epoch of the lowest validation loss.
+        lr_finder: the range test's outcome (None with a fixed --lr or on resume).
+        lr: the peak learning rate used.
+        schedule: learning rate of every batch trained in this call.
+        interrupted: True when Ctrl-C ended training.
+        seconds: wall time of this call.
+        out_of_time: True when the `max_minutes` budget ended training.
     """
 
-    input_shape: tuple[int, int, int]
-    # The maps it can make, and the finetune options used when the user names none.
-    methods: tuple[str, ...]
-    finetune_defaults: dict
+    history: list[dict]
+    best_epoch: int
+    lr_finder: Any
+    lr: float
+    schedule: list[float]
+    interrupted: bool
+    seconds: float
+    out_of_time: bool = False
 
-    @abstractmethod
-    def anomaly_maps(self, images: np.ndarray, method: str, dtype: str) -> np.ndarray:
-        """(N, H, W) float32 maps, higher = more anomalous, for (N, H, W, C) images."""
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: make a detector class available by its `name`."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"{cls.__name__}: detector name {cls.name!r} is empty or taken")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+class Detector(ABC):
+    """A trainable anomaly detector.
+
+    Class attributes:
+        name: the name `-a` and the registry know it by.
+        family: "autoencoder", "baseline" or "features" (how `-a --help` groups them).
+        pixel_level: whether its maps localise defects (image-level detectors paint one score
+            over the whole map and get no pixel metrics).
+        trains_epochs: whether `fit` runs epochs (so `epochs` bounds its training).
+        uses_backbone: whether it reads a pretrained backbone (`--backbone`, `--weights`).
+        own_image_score: whether `image_scores` is its own (not the map maximum).
+        methods: the maps it can make; the first is its default.
+        file_suffix: the suffix of the file its learned state is saved in.
+        finetune_defaults: the post-processing used when the user names none.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = "features"
+    pixel_level: ClassVar[bool] = True
+    trains_epochs: ClassVar[bool] = False
+    uses_backbone: ClassVar[bool] = False
+    own_image_score: ClassVar[bool] = False
+    methods: ClassVar[tuple[str, ...]] = ()
+    file_suffix: ClassVar[str] = ".npz"
+    finetune_defaults: ClassVar[dict] = {}
+
+    # Where a detector that trains for epochs keeps resumable checkpoints (None: nowhere), and
+    # whether `fit` continues the run checkpointed there. Set by the caller, not hyper-parameters.
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+
+    input_shape: tuple[int, int, int]
+    history_: list[dict] = []
+
+    # ------------------------------------------------------------------ configuration
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_config(self) -> dict[str, Any]:
+        """The hyper-parameters, as `__init__` takes them (plain YAML-ready values)."""
+        return {name: _plain(getattr(self, name)) for name in self._param_names()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Detector:
+        """An unfitted detector with the hyper-parameters of `get_config()`."""
+        unknown = sorted(set(config) - set(cls._param_names()))
+        if unknown:
+            raise AnomalyError(f"not a hyper-parameter of {cls.name} (expected some of "
+                               f"{', '.join(cls._param_names())})", unknown[0])
+        return cls(**config)
 
     @classmethod
     @abstractmethod
-    def load(cls, model_dir: Path, model_file: Path) -> "Detector":
-        """Load a detector saved in a model directory."""
+    def from_train_config(cls, config) -> Detector:
+        """An unfitted detector for a resolved `anomaly.config.TrainConfig`."""
+
+    # ------------------------------------------------------------------ learning and maps
+
+    @abstractmethod
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> Detector:
+        """Learn from defect-free (N, H, W, C) images in [0, 1]; returns self."""
+
+    @abstractmethod
+    def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str,
+                      return_reconstructions: bool = False):
+        """Maps of images already at `input_shape` (see `anomaly_maps`)."""
+
+    def anomaly_maps(self, images, method: str | None = None, dtype: str = "float64",
+                     return_reconstructions: bool = False):
+        """(N, H, W) float32 maps, higher = more anomalous.
+
+        Args:
+            images: (N, H, W, C) or (H, W, C) images in [0, 1] of any size, gray or colour;
+                they are resized to `input_shape` and converted to its channels.
+            method: one of `methods` (default: the first).
+            dtype: "float64" (or "uint8" for the autoencoders' quantised maps).
+            return_reconstructions: also return what the map compares against, when the
+                detector has it (None otherwise).
+
+        Returns:
+            The maps at `input_shape[:2]`, or (maps, reconstructions).
+        """
+        method = method or self.methods[0]
+        if method not in self.methods:
+            raise AnomalyError(f"{self.name} makes the maps {', '.join(self.methods)}, not '{method}'", "method")
+        return self._anomaly_maps(self.prepare(images), method, dtype, return_reconstructions)
+
+    def image_scores(self, images) -> np.ndarray:
+        """(N,) image scores, higher = more anomalous; by default the map maximum."""
+        maps = self.anomaly_maps(images)
+        return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
+
+    def prepare(self, images) -> np.ndarray:
+        """Images as float32 (N, *input_shape): resized and converted to the detector's channels.
+
+        Args:
+            images: (N, H, W, C) or (N, H, W) arrays, or one (H, W, C) or (H, W) image; uint8,
+                uint16 or float in [0, 1].
+        """
+        from anomaly.data.io import conform
+
+        images = np.asarray(images)
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
+            images = images[None]  # one image
+        if images.ndim == 3:
+            images = images[..., None]  # a stack of gray images
+        if images.ndim != 4:
+            raise AnomalyError(f"expected an (N, H, W, C) array, got shape {images.shape}", "images")
+        if images.shape[1:] == tuple(self.input_shape) and images.dtype == np.float32:
+            return images
+        out = np.empty((len(images), *self.input_shape), np.float32)
+        for i, image in enumerate(images):
+            out[i] = conform(image, self.input_shape)
+        return out
+
+    def fit_record(self, seconds: float) -> FitResult:
+        """How the last `fit` went, for the command line and the model directory."""
+        return FitResult(history=[], best_epoch=0, lr_finder=None, lr=0.0, schedule=[], interrupted=False,
+                         seconds=seconds)
+
+    def check(self) -> None:  # noqa: B027 - a hook: most detectors have nothing to check
+        """Raise AnomalyError now for settings that would fail only later (e.g. a backbone's weights)."""
+
+    def summary(self) -> dict:
+        """Figures of what it learned for detector.json (bank size, ...); none by default."""
+        return {}
+
+    def save_plots(self, train_images: np.ndarray, dataset, folder: Path) -> None:  # noqa: B027 - a hook
+        """Figures of what it learned, in `folder`; none by default."""
+
+    # ------------------------------------------------------------------ saving
+
+    @property
+    def model_file_name(self) -> str:
+        return f"{self.name}{self.file_suffix}"
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the learned state and `detector.yaml` into `directory`; returns the state's file."""
+        from anomaly import modeldir
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / self.model_file_name
+        tmp = directory / f".tmp-{path.name}"
+        self._save_state(tmp)
+        tmp.replace(path)
+        modeldir.write_yaml(directory / DETECTOR_FILE, {"name": self.name, "config": self.get_config()})
+        return path
+
+    def _state_file(self, directory: Path) -> Path:
+        """The file of the learned state in a directory `save` wrote."""
+        return directory / self.model_file_name
+
+    @abstractmethod
+    def _save_state(self, path: Path) -> None:
+        """Write the learned state into the file `path`."""
+
+    @abstractmethod
+    def _load_state(self, path: Path) -> None:
+        """Read the learned state from the file `path` (as `_save_state` wrote it)."""
+
+    @staticmethod
+    def load(directory: str | Path, model_file: str | Path | None = None) -> Detector:
+        """The fitted detector saved in `directory`.
+
+        Args:
+            directory: a model directory (or any folder `save` wrote).
+            model_file: the state file when the directory holds several; found otherwise.
+
+        Raises:
+            AnomalyError: the folder holds no detector, or its files are damaged. Model
+                directories written before `detector.yaml` existed are read through their
+                `config.yaml`.
+        """
+        from anomaly import modeldir
+
+        directory = Path(directory)
+        spec_file = directory / DETECTOR_FILE
+        if spec_file.is_file():
+            spec = modeldir.read_yaml_mapping(spec_file)
+            cls = detector_class(str(spec.get("name")))
+            config = spec.get("config")
+            if not isinstance(config, dict):
+                raise AnomalyError(f"{spec_file}: expected 'config' to be a mapping")
+            detector = cls.from_config({k: _from_plain(v) for k, v in config.items()})
+        else:
+            from anomaly.config import config_from_dict
+
+            train_config = config_from_dict(modeldir.read_config(directory))
+            detector = detector_class(train_config.architecture).from_train_config(train_config)
+        path = Path(model_file) if model_file else detector._state_file(directory)
+        if not path.is_file():
+            raise AnomalyError(f"{directory}: no {path.name} (the detector's learned state); retrain the model")
+        detector._load_state(path)
+        return detector
+
+
+def detector_class(name: str) -> type[Detector]:
+    """The registered class of a detector name."""
+    from anomaly.detectors import load_all
+
+    load_all()
+    if name not in REGISTRY:
+        raise AnomalyError(f"unknown detector '{name}': expected one of {', '.join(REGISTRY)}", "architecture")
+    return REGISTRY[name]
+
+
+def _plain(value):
+    """YAML-ready: tuples become lists, numpy scalars Python numbers."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_plain(value):
+    """Lists back to tuples (shapes, layer names, epoch pairs are tuples in `__init__`)."""
+    return tuple(_from_plain(v) for v in value) if isinstance(value, list) else value

@@ -34,7 +34,7 @@ from keras import layers
 
 from anomaly.arrays import load_npz
 from anomaly.data.synthetic import CUTPASTE, NORMAL, SCAR, pretext_sample
-from anomaly.detectors.base import Detector
+from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import in_batches, local_patches, to_full_map
 from anomaly.errors import AnomalyError
 
@@ -87,6 +87,7 @@ def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.nd
     return np.sqrt(np.maximum(((d @ np.asarray(precision, np.float64)) * d).sum(axis=-1), 0.0))
 
 
+@register
 class CutPasteDetector(Detector):
     """CutPaste with polygon and scar patches.
 
@@ -101,13 +102,17 @@ class CutPasteDetector(Detector):
         seed: seeds the weights, the synthetic anomalies and the shuffling.
     """
 
+    name = "cutpaste"
+    trains_epochs = True
+    uses_backbone = True
+    own_image_score = True
     methods = ("dense", "patch", "gradcam")
     file_suffix = ".npz"
     finetune_defaults = {"method": "dense", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
                          "image_score": "detector"}
     lr = (0.003, 0.001)  # the spec's SGD rates of the two phases
 
-    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  epochs: tuple[int, int] = (30, 20), batch_size: int = 32, density: str = "gde",
                  patch_stride: int = 8, map_sigma: float = 4.0, seed: int = 0):
         if density not in ("gde", "kde"):
@@ -119,12 +124,13 @@ class CutPasteDetector(Detector):
         self.patch_size = max(8, int(round(32 * scale)))
         # Patches are embedded at twice their size (64 px for 32 px patches, as the seed project).
         self.patch_input = min(64, 2 * self.patch_size)
-        self.patch_stride = max(1, int(round(patch_stride * scale)))
+        self.patch_stride = patch_stride
+        self.stride = max(1, int(round(patch_stride * scale)))  # at this input size
         self.map_sigma, self.seed = map_sigma, seed
         self.history_: list[dict] = []
 
     @classmethod
-    def from_config(cls, config) -> "CutPasteDetector":
+    def from_train_config(cls, config) -> CutPasteDetector:
         head = max(1, round(config.epochs * 0.6))
         return cls(config.input_shape, config.backbone, config.weights, (head, max(config.epochs - head, 0)),
                    config.batch_size, config.density, map_sigma=config.map_sigma, seed=config.seed)
@@ -149,9 +155,12 @@ class CutPasteDetector(Detector):
             x = np.stack([pretext_sample(images[i], labels[j], rng) for j, i in enumerate(idx, start)])
             yield x.astype(np.float32), labels[start:start + len(idx)]
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None, progress: bool = True):
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False):
         """Train on the pretext task, then fit the densities of image and patch embeddings."""
         from anomaly.detectors.autoencoder import set_seed
+
+        images = self.prepare(train_images)
 
         set_seed(self.seed)
         net = self.build()
@@ -232,7 +241,7 @@ class CutPasteDetector(Detector):
 
     def _patches(self, x):
         """(N * gh * gw, P, P, C) patches of a batch, and the grid (gh, gw)."""
-        p, s = self.patch_size, self.patch_stride
+        p, s = self.patch_size, self.stride
         c = self.input_shape[-1]
         patches = tf.image.extract_patches(x, [1, p, p, 1], [1, s, s, 1], [1, 1, 1, 1], "VALID")
         gh, gw = patches.shape[1], patches.shape[2]
@@ -319,7 +328,7 @@ class CutPasteDetector(Detector):
 
     def image_scores(self, images: np.ndarray) -> np.ndarray:
         """(N,) anomaly scores of whole images: Mahalanobis distance (gde) or -log density (kde)."""
-        emb = self.embed(np.asarray(images, np.float32)).astype(np.float64)
+        emb = self.embed(self.prepare(images)).astype(np.float64)
         if self.density == "kde":
             from sklearn.neighbors import KernelDensity
 
@@ -330,17 +339,15 @@ class CutPasteDetector(Detector):
             return -kde.score_samples(unit(emb))
         return mahalanobis(emb, self.image_mean_, self.image_precision_)
 
-    def anomaly_maps(self, images: np.ndarray, method: str = "dense", dtype: str = "float64",
-                     batch_size: int | None = None, return_reconstructions: bool = False):
+    def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str, return_reconstructions: bool = False):
         """(N, H, W) float32 maps (`patch`, `dense` or `gradcam`, see the module), upsampled and smoothed."""
-        if method not in self.methods or dtype != "float64":
-            raise AnomalyError(f"--method/--dtype: cutpaste maps are {', '.join(self.methods)} with float64, "
-                               f"got {method}/{dtype}")
-        images = np.asarray(images, np.float32)
+        if dtype != "float64":
+            raise AnomalyError(f"dtype: cutpaste maps are float64, got {dtype}")
         if method != "patch":
             if method == "dense":
                 if getattr(self, "dense_mean_", None) is None:
-                    raise AnomalyError("-m dense: this cutpaste model was trained before dense maps existed; retrain it")
+                    raise AnomalyError("this cutpaste model was trained before dense maps existed; retrain it",
+                                       "method")
                 grid = self._dense_scores(images)
             else:
                 grid = self._gradcam(images)
@@ -350,7 +357,7 @@ class CutPasteDetector(Detector):
         grid = mahalanobis(emb, self.patch_mean_, self.patch_precision_)
         # Each score sits at its patch centre: pad by half a patch so the map covers the image.
         h, w = self.input_shape[:2]
-        inner = (h - self.patch_size + self.patch_stride, w - self.patch_size + self.patch_stride)
+        inner = (h - self.patch_size + self.stride, w - self.patch_size + self.stride)
         maps = to_full_map(tf.constant(grid, tf.float32), inner, 0.0).numpy()
         top, left = (h - inner[0]) // 2, (w - inner[1]) // 2
         maps = np.pad(maps, ((0, 0), (top, h - inner[0] - top), (left, w - inner[1] - left)), mode="edge")
@@ -360,12 +367,13 @@ class CutPasteDetector(Detector):
 
     # ------------------------------------------------------------------ saving
 
-    def save_plots(self, train_images: np.ndarray, dataset, color_mode: str, folder: Path) -> None:
+    def save_plots(self, train_images: np.ndarray, dataset, folder: Path) -> None:
         """synthetic_examples.png and tsne.png (training images, synthetic anomalies and up to 32
         of the dataset's real test defects, shown only, never fitted) in `folder`."""
         from anomaly.data.io import read_images
+        from anomaly.plots.cutpaste import plot_synthetic_examples, plot_tsne
 
-        plot_examples(train_images, folder / "synthetic_examples.png", self.seed)
+        plot_synthetic_examples(train_images, folder / "synthetic_examples.png", self.seed)
         rng = np.random.default_rng(self.seed + 1)
         pick = train_images[:64]
         groups = {"normal (training)": self.embed(pick)}
@@ -374,86 +382,31 @@ class CutPasteDetector(Detector):
                                                                               for x in pick]))
         defects = [s.path for s in dataset.test if s.label == 1][:32]
         if defects:
+            color_mode = "grayscale" if self.input_shape[-1] == 1 else "rgb"
             groups["real defects (test)"] = self.embed(read_images(defects, color_mode, self.input_shape[:2]))
         plot_tsne(groups, folder / "tsne.png", self.seed)
 
     def summary(self) -> dict:
         last = self.history_[-1] if self.history_ else {}
         return {"epochs": list(self.epochs), "pretext_accuracy": last.get("accuracy"),
-                "patch_size": self.patch_size, "patch_stride": self.patch_stride, "density": self.density}
+                "patch_size": self.patch_size, "patch_stride": self.stride, "density": self.density}
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         weights = {f"w{i}": w for i, w in enumerate(self.network_.get_weights())}
         np.savez(path, image_mean=self.image_mean_, image_precision=self.image_precision_,
                  patch_mean=self.patch_mean_, patch_precision=self.patch_precision_,
                  dense_mean=self.dense_mean_, dense_precision=self.dense_precision_,
                  train_embeddings=self.train_embeddings_, **weights)
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "CutPasteDetector":
-        det = cls.from_config(config)
+    def _load_state(self, path: Path) -> None:
         try:
-            with load_npz(model_file) as data:
+            with load_npz(path) as data:
                 for name in ("image_mean", "image_precision", "patch_mean", "patch_precision", "train_embeddings"):
-                    setattr(det, f"{name}_", data[name])
+                    setattr(self, f"{name}_", data[name])
                 for name in ("dense_mean", "dense_precision"):  # absent in models saved before dense maps
-                    setattr(det, f"{name}_", data[name] if name in data.files else None)
+                    setattr(self, f"{name}_", data[name] if name in data.files else None)
                 weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
-            det.build()
-            det.network_.set_weights(weights)
+            self.build()
+            self.network_.set_weights(weights)
         except (OSError, KeyError, ValueError) as exc:
-            raise AnomalyError(f"-p {model_file}: cannot load cutpaste weights ({exc})") from None
-        return det
-
-
-def plot_examples(images: np.ndarray, path: Path, seed: int = 0, n: int = 4) -> None:
-    """A grid of synthetic anomalies: rows normal, CutPaste rectangle, CutPaste polygon, scar."""
-    import matplotlib.pyplot as plt
-
-    from anomaly.data.synthetic import cutpaste, scar
-
-    rng = np.random.default_rng(seed)
-    rows = [("normal", lambda x: (x, np.zeros(x.shape[:2], bool))),
-            ("cutpaste", lambda x: cutpaste(x, rng)),
-            ("cutpaste polygon", lambda x: cutpaste(x, rng, polygon=True)),
-            ("scar", lambda x: scar(x, rng))]
-    fig, axes = plt.subplots(len(rows), n, figsize=(2.2 * n, 2.3 * len(rows)))
-    for r, (name, make) in enumerate(rows):
-        for c in range(n):
-            image, mask = make(images[(r * n + c) % len(images)])
-            ax = axes[r, c]
-            ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1)
-            if mask.any():
-                ax.contour(mask, levels=[0.5], colors="r", linewidths=0.6)
-            ax.set_axis_off()
-            if c == 0:
-                ax.set_title(name, fontsize=9, loc="left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def plot_tsne(groups: dict[str, np.ndarray], path: Path, seed: int = 0) -> None:
-    """t-SNE of embeddings, one colour per group (normal, synthetic kinds, real defects)."""
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
-    names = [k for k, v in groups.items() if len(v)]
-    x = np.concatenate([groups[k] for k in names])
-    xy = TSNE(2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), random_state=seed,
-              init="pca").fit_transform(x.astype(np.float64))
-    fig, ax = plt.subplots(figsize=(6, 5))
-    start = 0
-    for name in names:
-        n = len(groups[name])
-        ax.scatter(*xy[start:start + n].T, s=10, label=f"{name} ({n})")
-        start += n
-    ax.legend(fontsize=8)
-    ax.set_title("t-SNE of CutPaste embeddings")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+            raise AnomalyError(f"-p {path}: cannot load cutpaste weights ({exc})") from None

@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras import layers
 
 from anomaly.arrays import load_npz
-from anomaly.detectors.base import Detector
+from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
 from anomaly.errors import AnomalyError
 
@@ -44,6 +44,7 @@ def feature_autoencoder(channels: int, latent_dim: int = 100) -> keras.Model:
     return keras.Model(inputs, outputs, name="feature_ae")
 
 
+@register
 class FeatureAEDetector(BackboneDetectorMixin, Detector):
     """Feature autoencoder detector.
 
@@ -58,11 +59,12 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
     """
 
     name = "feature-ae"
+    trains_epochs = True
     methods = ("fae",)
     file_suffix = ".npz"
     finetune_defaults = {"method": "fae", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
 
-    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), latent_dim: int = 0, epochs: int = 50, map_sigma: float = 4.0,
                  seed: int = 0, batch_size: int = 8, patience: int = 5):
         from anomaly.backbones import backbone_spec
@@ -74,13 +76,17 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         self.seed, self.batch_size, self.patience = seed, batch_size, patience
 
     @classmethod
-    def from_config(cls, config) -> "FeatureAEDetector":
+    def from_train_config(cls, config) -> FeatureAEDetector:
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.latent_dim,
                    config.epochs, config.map_sigma, config.seed, config.batch_size, config.early_stopping)
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "FeatureAEDetector":
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> FeatureAEDetector:
         """Train the autoencoder `model_` on the features of defect-free images."""
         from anomaly.detectors.autoencoder import set_seed
+
+        images = self.prepare(train_images)
+        validation = None if validation_images is None else self.prepare(validation_images)
 
         x = self.patch_features(images)
         # Standardise channels so every layer's features weigh alike in the loss.
@@ -109,19 +115,16 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         err = tf.reduce_mean(tf.square(f - self.model_(f, training=False)), axis=-1)
         return to_full_map(err, self.input_shape[:2], self.map_sigma)
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         weights = {f"w{i}": w for i, w in enumerate(self.model_.get_weights())}
         np.savez(path, mean=self.mean_, std=self.std_, **weights)
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "FeatureAEDetector":
-        det = cls.from_config(config)
+    def _load_state(self, path: Path) -> None:
         try:
-            with load_npz(model_file) as data:
-                det.mean_, det.std_ = data["mean"], data["std"]
+            with load_npz(path) as data:
+                self.mean_, self.std_ = data["mean"], data["std"]
                 weights = [data[f"w{i}"] for i in range(sum(k.startswith("w") for k in data.files))]
-            det.model_ = feature_autoencoder(len(det.mean_), det.latent_dim)
-            det.model_.set_weights(weights)
+            self.model_ = feature_autoencoder(len(self.mean_), self.latent_dim)
+            self.model_.set_weights(weights)
         except (OSError, KeyError, ValueError) as exc:
-            raise AnomalyError(f"-p {model_file}: cannot load feature-ae weights ({exc})") from None
-        return det
+            raise AnomalyError(f"-p {path}: cannot load feature-ae weights ({exc})") from None

@@ -126,16 +126,19 @@ class BackboneDetectorMixin:
             traced[fn.__name__] = tf.function(fn, input_signature=[spec])
         return in_batches(traced[fn.__name__], np.asarray(images, np.float32), batch_size or self.batch_size)[0]
 
-    def anomaly_maps(self, images: np.ndarray, method: str | None = None, dtype: str = "float64",
-                     batch_size: int | None = None, return_reconstructions: bool = False):
+    uses_backbone = True
+
+    def check(self) -> None:
+        """Build the backbone now: a bad backbone, weights file or layer fails before any work."""
+        self.extractor  # noqa: B018
+
+    def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str, return_reconstructions: bool = False):
         """(N, H, W) float32 maps from the detector's `_maps` (its one map kind, float64 only)."""
         from anomaly.errors import AnomalyError
 
-        method = method or self.methods[0]
-        if method not in self.methods or dtype != "float64":
-            raise AnomalyError(f"--method/--dtype: {self.name} maps are {self.methods[0]}/float64, "
-                               f"got {method}/{dtype}")
-        maps = self.run_batched(self._maps, images, batch_size)
+        if dtype != "float64":
+            raise AnomalyError(f"dtype: {self.name} maps are float64, got {dtype}")
+        maps = self.run_batched(self._maps, images)
         return (maps, None) if return_reconstructions else maps
 
     def patch_features(self, images: np.ndarray) -> np.ndarray:

@@ -17,11 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 from anomaly.arrays import load_npz
-from anomaly.detectors.base import Detector
+from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import BackboneDetectorMixin, to_full_map
 from anomaly.errors import AnomalyError
 
 
+@register
 class FREDetector(BackboneDetectorMixin, Detector):
     """Feature reconstruction error with a PCA (the `fre` detector).
 
@@ -44,7 +45,7 @@ class FREDetector(BackboneDetectorMixin, Detector):
     finetune_defaults = {"method": "fre", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
                          "image_score": "mean"}
 
-    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), pca_variance: float = 0.97, latent_dim: int = 0,
                  map_sigma: float = 0.0, seed: int = 0, epochs: int = 250, batch_size: int = 16):
         from anomaly.backbones import backbone_spec
@@ -58,7 +59,7 @@ class FREDetector(BackboneDetectorMixin, Detector):
         self.seed, self.epochs, self.batch_size = seed, epochs, batch_size
 
     @classmethod
-    def from_config(cls, config) -> "FREDetector":
+    def from_train_config(cls, config) -> FREDetector:
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.pca_variance,
                    config.latent_dim, config.map_sigma, config.seed, config.epochs)
 
@@ -69,8 +70,10 @@ class FREDetector(BackboneDetectorMixin, Detector):
         """(N, h, w, c) features after the 2x2 average pooling."""
         return self.run_batched(self._pooled, images)
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "FREDetector":
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> FREDetector:
         """Learn the linear model: `mean_` (D,), `components_` (k, D) with orthonormal rows."""
+        images = self.prepare(train_images)
         self._fit_pca(self._feature_vectors(images))
         self.forget_traces()
         return self
@@ -105,20 +108,18 @@ class FREDetector(BackboneDetectorMixin, Detector):
         err = tf.reshape(tf.square(flat - self._reconstruct(flat)), tf.shape(f))
         return to_full_map(tf.reduce_sum(err, axis=-1), self.input_shape[:2], self.map_sigma)
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         np.savez(path, mean=self.mean_, components=self.components_, grid=np.array(self.grid_))
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "FREDetector":
-        det = cls.from_config(config)
+    def _load_state(self, path: Path) -> None:
         try:
-            with load_npz(model_file) as data:
-                det.mean_, det.components_, det.grid_ = data["mean"], data["components"], tuple(data["grid"])
+            with load_npz(path) as data:
+                self.mean_, self.components_, self.grid_ = data["mean"], data["components"], tuple(data["grid"])
         except (OSError, KeyError, ValueError) as exc:
-            raise AnomalyError(f"-p {model_file}: cannot load {config.architecture} weights ({exc})") from None
-        return det
+            raise AnomalyError(f"-p {path}: cannot load {self.name} weights ({exc})") from None
 
 
+@register
 class TiedAutoencoderFRE(FREDetector):
     """FRE with a tied linear autoencoder trained in Keras (the `fre-tae` detector).
 
@@ -129,10 +130,14 @@ class TiedAutoencoderFRE(FREDetector):
 
     name = "fre-tae"
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "TiedAutoencoderFRE":
+    trains_epochs = True
+
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> TiedAutoencoderFRE:
+        """Learn the tied autoencoder's `components_` and biases from defect-free images."""
         from anomaly.detectors.autoencoder import set_seed
 
-        x = self._feature_vectors(images)
+        x = self._feature_vectors(self.prepare(train_images))
         self._fit_pca(x)  # the PCA sets k
         k = len(self.components_)
         set_seed(self.seed)
@@ -152,20 +157,17 @@ class TiedAutoencoderFRE(FREDetector):
         code = tf.matmul(x, w, transpose_b=True) + tf.constant(self.encoder_bias_)
         return tf.matmul(code, w) + tf.constant(self.decoder_bias_)
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         np.savez(path, components=self.components_, encoder_bias=self.encoder_bias_,
                  decoder_bias=self.decoder_bias_, grid=np.array(self.grid_))
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "TiedAutoencoderFRE":
-        det = cls.from_config(config)
+    def _load_state(self, path: Path) -> None:
         try:
-            with load_npz(model_file) as data:
-                det.components_, det.grid_ = data["components"], tuple(data["grid"])
-                det.encoder_bias_, det.decoder_bias_ = data["encoder_bias"], data["decoder_bias"]
+            with load_npz(path) as data:
+                self.components_, self.grid_ = data["components"], tuple(data["grid"])
+                self.encoder_bias_, self.decoder_bias_ = data["encoder_bias"], data["decoder_bias"]
         except (OSError, KeyError, ValueError) as exc:
-            raise AnomalyError(f"-p {model_file}: cannot load fre-tae weights ({exc})") from None
-        return det
+            raise AnomalyError(f"-p {path}: cannot load fre-tae weights ({exc})") from None
 
 
 class TiedLinear(keras.layers.Layer):

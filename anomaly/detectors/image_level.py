@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from anomaly.arrays import load_npz
-from anomaly.detectors.base import Detector
+from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import BackboneDetectorMixin
 from anomaly.errors import AnomalyError
 
@@ -30,7 +30,7 @@ class _PooledFeatureDetector(BackboneDetectorMixin, Detector):
     pixel_level = False
     name = ""
 
-    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), seed: int = 0, batch_size: int = 16):
         from anomaly.backbones import backbone_spec
 
@@ -52,11 +52,10 @@ class _PooledFeatureDetector(BackboneDetectorMixin, Detector):
         """(N,) anomaly scores of pooled features, higher = more anomalous."""
         raise NotImplementedError
 
-    def anomaly_maps(self, images: np.ndarray, method: str = "", dtype: str = "float64",
-                     batch_size: int | None = None, return_reconstructions: bool = False):
+    def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str, return_reconstructions: bool = False):
         """(N, H, W) float32 maps holding each image's score everywhere."""
-        if method not in self.methods or dtype != "float64":
-            raise AnomalyError(f"--method/--dtype: {self.name} maps are {self.methods[0]}/float64, got {method}/{dtype}")
+        if dtype != "float64":
+            raise AnomalyError(f"dtype: {self.name} maps are float64, got {dtype}")
         scores = self.score_features(self.pooled_features(images)).astype(np.float32)
         maps = np.broadcast_to(scores[:, None, None], (len(scores), *self.input_shape[:2])).copy()
         return (maps, None) if return_reconstructions else maps
@@ -69,6 +68,7 @@ class _PooledFeatureDetector(BackboneDetectorMixin, Detector):
             raise AnomalyError(f"-p {model_file}: cannot load {self.name} features ({exc})") from None
 
 
+@register
 class KNNDetector(_PooledFeatureDetector):
     """Mean distance to the k nearest training images in a high-variance feature subspace.
 
@@ -85,18 +85,21 @@ class KNNDetector(_PooledFeatureDetector):
     name = "knn"
     finetune_defaults = {"method": "knn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
 
-    def __init__(self, input_shape, backbone="efficientnet_lite0", weights="imagenet", layers=(), k: int = 50,
+    def __init__(self, input_shape=(256, 256, 3), backbone="efficientnet_lite0", weights="imagenet", layers=(),
+                 k: int = 50,
                  n_dims: int = 500, seed: int = 0, batch_size: int = 16):
         super().__init__(input_shape, backbone, weights, layers, seed, batch_size)
         self.k, self.n_dims = k, n_dims
 
     @classmethod
-    def from_config(cls, config) -> "KNNDetector":
+    def from_train_config(cls, config) -> KNNDetector:
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.knn_k,
                    config.knn_dims, config.seed)
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "KNNDetector":
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> KNNDetector:
         """Keep the training features `bank_` (N, n_dims) and the chosen dimensions `dims_`."""
+        images = self.prepare(train_images)
         features = self.pooled_features(images)
         # stable sort: ties keep the lower index, so the choice is reproducible
         self.dims_ = np.sort(np.argsort(-features.std(axis=0), kind="stable")[:self.n_dims])
@@ -114,14 +117,11 @@ class KNNDetector(_PooledFeatureDetector):
         return {"bank_size": int(len(self.bank_)), "feature_dim": int(self.bank_.shape[1]),
                 "bank_mb": self.bank_.nbytes / 2 ** 20, "layers": list(self.layers)}
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         np.savez(path, bank=self.bank_, dims=self.dims_)
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "KNNDetector":
-        det = cls.from_config(config)
-        det.bank_, det.dims_ = det._load_arrays(model_file, ("bank", "dims"))
-        return det
+    def _load_state(self, path: Path) -> None:
+        self.bank_, self.dims_ = self._load_arrays(path, ("bank", "dims"))
 
 
 class BottleneckExtractor:
@@ -140,7 +140,7 @@ class BottleneckExtractor:
         self.model = encoder
 
     @classmethod
-    def from_autoencoder(cls, model_file: str | Path, input_shape) -> "BottleneckExtractor":
+    def from_autoencoder(cls, model_file: str | Path, input_shape) -> BottleneckExtractor:
         """The encoder half of a saved autoencoder (`anomaly-train -a <CAE>`'s `.keras` file)."""
         import keras
 
@@ -164,6 +164,7 @@ class BottleneckExtractor:
         return [tf.reshape(code, (-1, 1, 1, int(np.prod(code.shape[1:]))))]
 
 
+@register
 class KMeansDetector(_PooledFeatureDetector):
     """Distance to the nearest KMeans centroid of the training images' features (seed 001).
 
@@ -177,7 +178,7 @@ class KMeansDetector(_PooledFeatureDetector):
     name = "kmeans"
     finetune_defaults = {"method": "kmeans", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
 
-    def __init__(self, input_shape, backbone="efficientnet_lite0", weights="imagenet", layers=(),
+    def __init__(self, input_shape=(256, 256, 3), backbone="efficientnet_lite0", weights="imagenet", layers=(),
                  n_clusters: int = 2, seed: int = 0, batch_size: int = 16, features_from: str = ""):
         super().__init__(input_shape, backbone, weights, layers, seed, batch_size)
         self.n_clusters, self.features_from = n_clusters, features_from
@@ -185,7 +186,7 @@ class KMeansDetector(_PooledFeatureDetector):
             self.layers = ("latent",)
 
     @classmethod
-    def from_config(cls, config) -> "KMeansDetector":
+    def from_train_config(cls, config) -> KMeansDetector:
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.kmeans_clusters,
                    config.seed, features_from=config.features_from)
 
@@ -195,9 +196,12 @@ class KMeansDetector(_PooledFeatureDetector):
             self._extractor = BottleneckExtractor.from_autoencoder(self.features_from, self.input_shape)
         return super().extractor
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "KMeansDetector":
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> KMeansDetector:
         """Learn `centroids_` (n_clusters, C)."""
         from sklearn.cluster import KMeans
+
+        images = self.prepare(train_images)
 
         features = self.pooled_features(images)
         if len(features) < self.n_clusters:
@@ -215,20 +219,17 @@ class KMeansDetector(_PooledFeatureDetector):
         return {"bank_size": int(len(self.centroids_)), "feature_dim": int(self.centroids_.shape[1]),
                 "bank_mb": self.centroids_.nbytes / 2 ** 20, "layers": list(self.layers)}
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         np.savez(path, centroids=self.centroids_)
         if self.features_from:
             self.extractor.model.save(Path(path).with_name(BottleneckExtractor.ENCODER_FILE))
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "KMeansDetector":
-        det = cls.from_config(config)
-        (det.centroids_,) = det._load_arrays(model_file, ("centroids",))
-        if det.features_from:
+    def _load_state(self, path: Path) -> None:
+        (self.centroids_,) = self._load_arrays(path, ("centroids",))
+        if self.features_from:
             # The copy saved beside the centroids, not the autoencoder named at training time.
-            encoder = Path(model_file).with_name(BottleneckExtractor.ENCODER_FILE)
+            encoder = Path(path).with_name(BottleneckExtractor.ENCODER_FILE)
             if not encoder.is_file():
-                raise AnomalyError(f"-p {model_file}: {encoder.name} is missing beside it (kmeans on an "
+                raise AnomalyError(f"-p {path}: {encoder.name} is missing beside it (kmeans on an "
                                    f"autoencoder's bottleneck keeps its encoder there)")
-            det._extractor = BottleneckExtractor.from_autoencoder(encoder, det.input_shape)
-        return det
+            self._extractor = BottleneckExtractor.from_autoencoder(encoder, self.input_shape)

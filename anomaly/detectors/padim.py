@@ -20,13 +20,14 @@ import numpy as np
 import tensorflow as tf
 
 from anomaly.arrays import load_npz
-from anomaly.detectors.base import Detector
+from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
 from anomaly.errors import AnomalyError
 
 REGULARISATION = 0.01  # added to every covariance's diagonal, as the paper
 
 
+@register
 class PaDiMDetector(BackboneDetectorMixin, Detector):
     """Per-position Gaussians of local deep features (the `padim` detector).
 
@@ -46,7 +47,7 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
     file_suffix = ".npz"
     finetune_defaults = {"method": "padim", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
 
-    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), dims: int = 100, map_sigma: float = 4.0, seed: int = 0,
                  batch_size: int = 16):
         from anomaly.backbones import backbone_spec
@@ -57,15 +58,17 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
         self.dims, self.map_sigma, self.seed, self.batch_size = dims, map_sigma, seed, batch_size
 
     @classmethod
-    def from_config(cls, config) -> "PaDiMDetector":
+    def from_train_config(cls, config) -> PaDiMDetector:
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.padim_dims,
                    config.map_sigma, config.seed)
 
     def _selected(self, x):
         return tf.gather(local_patches(self.extractor(x)), self.channels_, axis=-1)
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "PaDiMDetector":
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> PaDiMDetector:
         """Learn `mean_` (h, w, d) and `precision_` (h, w, d, d) from defect-free images."""
+        images = self.prepare(train_images)
         width = self.patch_features(np.asarray(images[:1], np.float32)).shape[-1]
         self.channels_ = np.sort(np.random.default_rng(self.seed).choice(width, min(self.dims, width),
                                                                          replace=False)).astype(np.int32)
@@ -88,18 +91,20 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
 
     def _maps(self, x):
         d = self._selected(x) - tf.constant(self.mean_)
-        squared = tf.einsum("nhwi,hwij,nhwj->nhw", d, tf.constant(self.precision_), d)
+        # d.P.d at every position, as one batched matrix product over the h*w positions: the
+        # three-operand einsum ("nhwi,hwij,nhwj->nhw") was 3x slower, oneDNN on or off (docs/speed.md).
+        h, w, dims = self.mean_.shape
+        v = tf.reshape(tf.transpose(d, [1, 2, 0, 3]), (h * w, -1, dims))  # (h*w, n, d)
+        precision = tf.constant(np.reshape(self.precision_, (h * w, dims, dims)))
+        squared = tf.reshape(tf.transpose(tf.reduce_sum(tf.matmul(v, precision) * v, axis=-1)), (-1, h, w))
         return to_full_map(tf.sqrt(tf.maximum(squared, 0.0)), self.input_shape[:2], self.map_sigma)
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         np.savez(path, mean=self.mean_, precision=self.precision_, channels=self.channels_)
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "PaDiMDetector":
-        det = cls.from_config(config)
+    def _load_state(self, path: Path) -> None:
         try:
-            with load_npz(model_file) as data:
-                det.mean_, det.precision_, det.channels_ = data["mean"], data["precision"], data["channels"]
+            with load_npz(path) as data:
+                self.mean_, self.precision_, self.channels_ = data["mean"], data["precision"], data["channels"]
         except (OSError, KeyError, ValueError) as exc:
-            raise AnomalyError(f"-p {model_file}: cannot load padim weights ({exc})") from None
-        return det
+            raise AnomalyError(f"-p {path}: cannot load padim weights ({exc})") from None

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from anomaly.arrays import load_npz
-from anomaly.detectors.base import Detector
+from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
 from anomaly.errors import AnomalyError
 
@@ -98,6 +98,7 @@ def nearest_distances(queries: tf.Tensor, bank_aug: tf.Tensor, k: int = 1) -> tu
     return tf.sqrt(tf.maximum(d2, 0.0)), idx
 
 
+@register
 class PatchCoreDetector(BackboneDetectorMixin, Detector):
     """PatchCore with a coreset memory bank.
 
@@ -123,7 +124,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
     finetune_defaults = {"method": "nn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
     reweight_neighbors = 9
 
-    def __init__(self, input_shape, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), coreset_ratio: float = 0.002, num_neighbors: int = 1,
                  reweight: bool = False, map_sigma: float = 4.0, seed: int = 0, batch_size: int = 8):
         from anomaly.backbones import backbone_spec
@@ -135,12 +136,14 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         self.map_sigma, self.seed, self.batch_size = map_sigma, seed, batch_size
 
     @classmethod
-    def from_config(cls, config) -> "PatchCoreDetector":
+    def from_train_config(cls, config) -> PatchCoreDetector:
         return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.coreset_ratio,
                    config.num_neighbors, config.reweight, config.map_sigma, config.seed)
 
-    def fit(self, images: np.ndarray, validation: np.ndarray | None = None) -> "PatchCoreDetector":
+    def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
+            progress: bool = False) -> PatchCoreDetector:
         """Build the memory bank `memory_bank_` (M, D) from defect-free images."""
+        images = self.prepare(train_images)
         features = self.patch_features(images)
         self.grid_ = features.shape[1:3]
         features = features.reshape(-1, features.shape[-1])
@@ -178,15 +181,12 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
             maps = maps * weight[:, None, None]
         return maps
 
-    def save(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         np.savez(path, memory_bank=self.memory_bank_, grid=np.array(self.grid_))
 
-    @classmethod
-    def load(cls, config, model_file: Path) -> "PatchCoreDetector":
-        det = cls.from_config(config)
+    def _load_state(self, path: Path) -> None:
         try:
-            with load_npz(model_file) as data:
-                det.memory_bank_, det.grid_ = data["memory_bank"], tuple(data["grid"])
+            with load_npz(path) as data:
+                self.memory_bank_, self.grid_ = data["memory_bank"], tuple(data["grid"])
         except (OSError, KeyError, ValueError) as exc:
-            raise AnomalyError(f"-p {model_file}: cannot load a patchcore memory bank ({exc})") from None
-        return det
+            raise AnomalyError(f"-p {path}: cannot load a patchcore memory bank ({exc})") from None

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-
-def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+from anomaly.plots.common import gray, plt, save
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -29,7 +20,7 @@ def plot_history(history: list[dict], path: Path) -> None:
             ax.plot(epochs, [row[f"val_{key}"] for row in history], label=f"val_{key}")
         ax.set_xlabel("epoch")
         ax.legend()
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_lr_finder(lrs, losses, lr_opt: float, lr_base: float, path: Path) -> None:
@@ -43,7 +34,7 @@ def plot_lr_finder(lrs, losses, lr_opt: float, lr_base: float, path: Path) -> No
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed loss")
     ax.legend()
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_schedule(lrs: list[float], path: Path) -> None:
@@ -52,7 +43,7 @@ def plot_schedule(lrs: list[float], path: Path) -> None:
     ax.plot(lrs)
     ax.set_xlabel("batch")
     ax.set_ylabel("learning rate")
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_finetune(table: list[dict], best: dict, path: Path) -> None:
@@ -67,11 +58,7 @@ def plot_finetune(table: list[dict], best: dict, path: Path) -> None:
     ax2.axvline(best["min_area"], color="k", ls="--", lw=0.8)
     ax2.set_xlabel("min_area")
     ax2.legend()
-    _save(fig, path)
-
-
-def _gray(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    return (image[..., 0], "gray") if image.shape[-1] == 1 else (image, None)
+    save(fig, path)
 
 
 def plot_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray, path: Path,
@@ -83,10 +70,10 @@ def plot_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray, path
         panels.append(("reconstruction", reconstruction))
     fig, axes = plt.subplots(1, len(panels) + 2, figsize=(3 * (len(panels) + 2), 3.2))
     for ax, (name, img) in zip(axes, panels):
-        arr, cmap = _gray(img)
+        arr, cmap = gray(img)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
         ax.set_title(name)
-    arr, cmap = _gray(image)
+    arr, cmap = gray(image)
     heat = axes[len(panels)]
     heat.imshow(arr, cmap=cmap, vmin=0, vmax=1)
     heat.imshow(amap, cmap="inferno", alpha=0.5, vmin=0, vmax=vmax or float(amap.max()) or 1.0)
@@ -100,7 +87,7 @@ def plot_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray, path
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_inspection(image: np.ndarray, reconstruction: np.ndarray, amap: np.ndarray, path: Path,
@@ -108,7 +95,7 @@ def plot_inspection(image: np.ndarray, reconstruction: np.ndarray, amap: np.ndar
     """Input, reconstruction and residual map of one image (train --inspect)."""
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
     for ax, (name, img) in zip(axes, (("input", image), ("reconstruction", reconstruction))):
-        arr, cmap = _gray(img)
+        arr, cmap = gray(img)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
         ax.set_title(name)
     im = axes[2].imshow(amap, cmap="inferno", vmin=0, vmax=1)
@@ -117,4 +104,4 @@ def plot_inspection(image: np.ndarray, reconstruction: np.ndarray, amap: np.ndar
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save(fig, path)

@@ -1,32 +1,24 @@
 """Figures of one benchmark run: ROC, PRO curve, score histograms and example maps.
 
-Pure plotting: the caller (``anomaly.benchmark.plot_run``) reads predictions, maps and masks
-and hands over arrays, so these functions can be reused on any detector's output.
+`plot_run` reads a tested model's predictions, maps and masks and draws them; the other
+functions are pure plotting on arrays, so they can be reused on any detector's output.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
+from anomaly.plots.common import gray, plt, save
+
 FPR_LIMIT = 0.3
-
-
-def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _gray(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """A single-channel image as (H, W) with a grey colour map; colour images as they are."""
-    return (image[..., 0], "gray") if image.shape[-1] == 1 else (image, None)
+# The figures of a run in its plots/<run>/ folder (pro.png only where the test set has masks).
+PLOT_FILES = ("roc.png", "pro.png", "hist.png", "examples.png")
+# examples.png: this many panels, up to N_GOOD_EXAMPLES of them good images.
+N_EXAMPLES = 8
+N_GOOD_EXAMPLES = 3
 
 
 def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "") -> None:
@@ -52,7 +44,7 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = ""
         ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center", va="center")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate (good images)",
            ylabel="true-positive rate (defective images)", title=title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_pro(fpr: np.ndarray, pro: np.ndarray, path: Path, fpr_limit: float = FPR_LIMIT,
@@ -81,7 +73,7 @@ def plot_pro(fpr: np.ndarray, pro: np.ndarray, path: Path, fpr_limit: float = FP
     ax.set(xlim=(0, fpr_limit), ylim=(0, 1.01), xlabel="false-positive rate (defect-free pixels)",
            ylabel="per-region overlap", title=title)
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_score_histograms(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "") -> None:
@@ -104,7 +96,7 @@ def plot_score_histograms(labels: np.ndarray, scores: np.ndarray, path: Path, ti
                 ax.hist(part, bins=bins, alpha=0.55, color=color, label=f"{name} ({part.size})")
         ax.legend()
     ax.set(xlabel="image score (max of the smoothed anomaly map)", ylabel="images", title=title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_examples(images: list[np.ndarray], maps: list[np.ndarray], captions: list[str], path: Path,
@@ -132,7 +124,7 @@ def plot_examples(images: list[np.ndarray], maps: list[np.ndarray], captions: li
         ax.axis("off")
         if i >= n:
             continue
-        arr, cmap = _gray(images[i])
+        arr, cmap = gray(images[i])
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
         ax.imshow(maps[i], cmap="inferno", alpha=0.5, vmin=0, vmax=top)
         truth = truths[i] if truths else None
@@ -142,4 +134,80 @@ def plot_examples(images: list[np.ndarray], maps: list[np.ndarray], captions: li
     if n == 0:
         axes[0, 0].text(0.5, 0.5, "no test images", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save(fig, path)
+
+
+def _examples(rows: list[dict]) -> list[dict]:
+    """Up to N_EXAMPLES rows: the lowest-scored defective images (the detector's hardest
+    misses) and the highest-scored good ones (its nearest false alarms), defective first."""
+    defective = sorted((r for r in rows if r["label"] == 1), key=lambda r: r["score"])
+    good = sorted((r for r in rows if r["label"] == 0), key=lambda r: -r["score"])
+    n_good = min(len(good), N_GOOD_EXAMPLES, N_EXAMPLES)
+    n_defective = min(len(defective), N_EXAMPLES - n_good)
+    n_good = min(len(good), N_EXAMPLES - n_defective)  # fill with good ones when defects are few
+    return defective[:n_defective] + good[:n_good]
+
+
+def plot_run(test_dir: str | Path, data_dir: str | Path, color_mode: str, out_dir: str | Path,
+             aupro: float | None = None, title: str = "") -> list[Path]:
+    """Write roc.png, hist.png, examples.png and (with masks) pro.png for one tested model.
+
+    Reads `predictions.csv` and the maps saved by `evaluate(save=True)`; the images used for
+    finetuning are left out, as they are from the metrics.
+
+    Args:
+        test_dir: the model's `test/<method>_<dtype>/` folder.
+        data_dir: the dataset category folder the model was tested on.
+        color_mode: "grayscale" or "rgb", to read the example images as the model saw them.
+        out_dir: where the figures go.
+        aupro: the AUPRO@0.3 to print on the PRO figure.
+        title: a title for every figure.
+
+    Returns:
+        The figures written.
+    """
+    from anomaly.data.dataset import find_dataset
+    from anomaly.data.io import read_image, read_mask
+    from anomaly.metrics import pro_curve
+
+    test_dir, out_dir = Path(test_dir), Path(out_dir)
+    with (test_dir / "predictions.csv").open(newline="") as f:
+        rows = [{**r, "label": int(r["label"]), "score": float(r["score"])} for r in csv.DictReader(f)
+                if r["used_for_finetune"] != "true"]
+    labels = np.array([r["label"] for r in rows], dtype=int)
+    scores = np.array([r["score"] for r in rows], dtype=np.float64)
+    written = [out_dir / "roc.png", out_dir / "hist.png"]
+    plot_roc(labels, scores, written[0], title=title)
+    plot_score_histograms(labels, scores, written[1], title=title)
+
+    dataset = find_dataset(data_dir)
+    samples = {s.relpath: s for s in dataset.test}
+    maps_dir = test_dir / "maps"
+
+    def load_map(relpath: str) -> np.ndarray:
+        return np.load(maps_dir / f"{relpath}.npy")
+
+    def load_mask(relpath: str, shape) -> np.ndarray:
+        s = samples[relpath]
+        return read_mask(s.mask_path, s.path, shape) if s.mask_path else np.zeros(shape, bool)
+
+    if dataset.has_masks and rows and maps_dir.is_dir():
+        maps = np.stack([load_map(r["image"]) for r in rows])
+        masks = np.stack([load_mask(r["image"], maps.shape[1:]) for r in rows])
+        if masks.any() and not masks.all():
+            fpr, pro = pro_curve(masks, maps)
+            plot_pro(fpr, pro, out_dir / "pro.png", aupro=aupro, title=title)
+            written.append(out_dir / "pro.png")
+
+    if maps_dir.is_dir():
+        picked = _examples(rows)
+        maps = [load_map(r["image"]) for r in picked]
+        images = [read_image(samples[r["image"]].path, color_mode, m.shape) for r, m in zip(picked, maps)]
+        truths = [load_mask(r["image"], m.shape) if dataset.has_masks else None for r, m in zip(picked, maps)]
+        captions = [f"{r['defect_type']} {r['score']:.3g} -> {'defective' if r['predicted'] == '1' else 'good'}"
+                    for r in picked]
+        vmax = float(np.quantile(np.stack(maps), 0.999)) if maps else None
+        plot_examples(images, maps, captions, out_dir / "examples.png", truths=truths, vmax=vmax,
+                      title=(title + "  " if title else "") + "hardest defective, highest-scored good")
+        written.append(out_dir / "examples.png")
+    return written

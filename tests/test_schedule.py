@@ -7,7 +7,7 @@ import pytest
 
 from anomaly.config import load_train_config
 from anomaly.errors import AnomalyError
-from anomaly.training import OneCycle, PatienceAndCheckpoint, choose_learning_rate
+from anomaly.schedule import OneCycle, PatienceAndCheckpoint, choose_learning_rate
 from tests.conftest import train_args
 
 
@@ -97,5 +97,5 @@ def test_time_budget_ends_training_after_the_epoch_that_fills_it(demo_root, tmp_
 
 
 def test_time_budget_must_be_positive(demo_root, tmp_path):
-    with pytest.raises(AnomalyError, match="--max-minutes: expected a positive number"):
+    with pytest.raises(AnomalyError, match="max_minutes: expected a positive number"):
         _config(demo_root, tmp_path, max_minutes=0)

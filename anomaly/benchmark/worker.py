@@ -1,10 +1,10 @@
 """One benchmark run in its own process: train -> finetune -> test -> plots, result as JSON.
 
-Started by `anomaly.benchmark` as::
+Started by `anomaly.benchmark.runner` as::
 
-    python -m anomaly.benchmark_worker '{"data_dir": ..., "detector": ..., "variant": ..., "seed": ...,
+    python -m anomaly.benchmark.worker '{"data_dir": ..., "detector": ..., "variant": ..., "seed": ...,
                                          "overrides": {...}, "mode": ..., "models_dir": ...,
-                                         "plots_dir": ..., "result_file": ...}'
+                                         "plots_dir": ..., "result_file": ..., "parent_pid": ...}'
 
 A process per run gives every run a clean TensorFlow state (no graphs, caches or memory
 left over from the previous model) and a peak memory of its own. The result is written to
@@ -79,10 +79,10 @@ def run(args: dict) -> dict:
     Returns:
         The result row: metrics, timings, peak memory, model directory, status "ok".
     """
-    from anomaly.benchmark import plot_run
     from anomaly.config import load_train_config
     from anomaly.evaluate import evaluate
     from anomaly.finetune import finetune
+    from anomaly.plots import plot_run
     from anomaly.train import train
 
     config = load_train_config({**args["overrides"], "data_dir": args["data_dir"], "seed": args["seed"],
