@@ -115,7 +115,9 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
                 np.save(tmp / "maps" / rel.parent / f"{rel.name}.npy", maps[i].astype(np.float32))
                 title = (f"{s.relpath}  score {scores[i]:.4g}  predicted "
                          f"{'defective' if predicted[i] else 'good'}  truth {'defective' if s.label else 'good'}")
-                plots.plot_result(images[i], maps[i], seg[i], tmp / "images" / rel.parent / f"{rel.stem}.png",
+                # images/<defect>/<stem>.png: the test/ level would only repeat the folder's own name.
+                picture = tmp / "images" / Path(*rel.parts[1:-1]) / f"{rel.stem}.png"
+                plots.plot_result(images[i], maps[i], seg[i], picture, threshold=threshold,
                                   reconstruction=None if recons is None else recons[i],
                                   truth=None if masks is None else masks[i], title=title, vmax=vmax)
         modeldir.write_json(tmp / "metrics.json", metrics)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from anomaly.arrays import load_npz
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, AnomalyWarning
 from anomaly.metrics import classification_metrics
 from anomaly.resmaps import THRESHOLD_GRID
 
@@ -318,6 +318,15 @@ class PostProcessor:
         if mode not in MODES:
             raise AnomalyError(f"unknown mode '{mode}': expected one of {', '.join(MODES)}", "mode")
         val = self.transform(val_maps)
+        if mode == "normal-only" and 0 < target_fpr and len(val) * target_fpr < 1:
+            import math
+            import warnings
+
+            # With n images the rate moves in steps of 1/n: every target below 1/n flags none of them.
+            warnings.warn(f"{len(val)} validation images cannot tell a false-positive rate of {target_fpr:g} from 0 "
+                          f"(steps of 1/{len(val)}): the threshold flags none of them; {math.ceil(1 / target_fpr)} "
+                          "or more defect-free validation images are needed for that rate", AnomalyWarning,
+                          stacklevel=2)
         if mode == "normal-only":
             best, table = normal_only_pair(val, self.method, self.dtype, target_fpr, normalized=self.normalize)
         else:

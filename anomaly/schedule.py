@@ -104,7 +104,8 @@ def _train_step_fn(model: keras.Model, loss_fn, optimizer, jit_compile: bool):
 def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, steps_per_epoch: int,
                        start: float = 1e-5, end: float = 10.0, epochs: int = 10,
                        stop_factor: float = 6.0, decrease_factor: float = 0.85,
-                       jit_compile: bool = False, progress: bool = True) -> LRFinderResult:
+                       jit_compile: bool = False, progress: bool = True,
+                       max_steps: int | None = None) -> LRFinderResult:
     """Run the learning-rate range test, then restore the model's weights.
 
     Args:
@@ -119,6 +120,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
         decrease_factor: see `choose_learning_rate`.
         jit_compile: compile the step with XLA.
         progress: show a progress bar.
+        max_steps: the most batches to run whatever the above (a short training run gets a
+            range test no longer than itself).
 
     Returns:
         The curve and the chosen learning rate.
@@ -126,6 +129,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
     weights = model.get_weights()
     # Small datasets give few batches per epoch; the curve needs enough points to be read.
     total = max(epochs * steps_per_epoch, MIN_FINDER_STEPS)
+    if max_steps is not None:
+        total = max(1, min(total, max_steps))
     mult = (end / start) ** (1.0 / total)
     optimizer = keras.optimizers.Adam(learning_rate=start)
     step = _train_step_fn(model, loss_fn, optimizer, jit_compile)

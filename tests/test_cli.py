@@ -75,7 +75,7 @@ def test_test_writes_contract_files(finetuned, demo_root, capsys):
         assert r["label"] == ("0" if r["defect_type"] == "good" else "1")
         amap = np.load(out / "maps" / f"{r['image']}.npy")
         assert amap.shape == (64, 64) and amap.dtype == np.float32
-        assert (out / "images" / Path(r["image"]).with_suffix(".png")).exists()
+        assert (out / "images" / Path(*Path(r["image"]).parts[1:]).with_suffix(".png")).exists()
     assert "balanced_accuracy" in capsys.readouterr().out
 
 
@@ -235,3 +235,20 @@ def test_non_square_inputs_run_the_whole_pipeline(architecture, demo_root, tmp_p
     (metrics_file,) = model_dir.glob("test/*/metrics.json")
     assert 0.0 <= json.loads(metrics_file.read_text())["pixel_auroc"] <= 1.0
     assert np.load(next((model_dir / "test").rglob("*.npy"))).shape == (96, 64)
+
+
+def test_help_texts_state_the_defaults_the_code_uses():
+    from anomaly.cli import finetune as finetune_cli
+    from anomaly.cli import test as test_cli
+    from anomaly.detectors import detector_class, list_detectors
+
+    helps = {a.dest: " ".join(a.help.split()) for a in finetune_cli.build_parser()._actions if a.help}
+    for name in list_detectors():
+        defaults = detector_class(name).finetune_defaults
+        method_groups = dict(part.split(" for ") for part in helps["method"][len("the map (default: "):-1].split("; "))
+        assert name in method_groups[defaults["method"]].split(", ")
+        normalize = "on" if defaults.get("normalize") else "off"
+        assert name in helps["normalize"].split(f"{normalize} for ")[1].split(";")[0].split(")")[0].split(", ")
+    assert "off for mvtecCAE" in helps["normalize"]  # the autoencoders' maps are not z-scored by default
+    (test_method,) = [a.help for a in test_cli.build_parser()._actions if a.dest == "method"]
+    assert all(m in test_method for name in list_detectors() for m in detector_class(name).methods)

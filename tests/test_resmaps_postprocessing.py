@@ -423,3 +423,15 @@ def test_map_stats_turn_down_systematic_errors():
     z = stats.apply(test)[0]
     assert np.unravel_index(np.argmax(z), z.shape) == (8, 8)
     assert np.unravel_index(np.argmax(test[0]), test[0].shape)[0] == 0  # raw map: the edge wins
+
+
+def test_too_few_validation_images_for_the_target_rate_warn(recwarn):
+    from anomaly.errors import AnomalyWarning
+    from anomaly.postprocessing import PostProcessor
+
+    maps = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    with pytest.warns(AnomalyWarning, match="20 or more"):
+        PostProcessor("l2").fit(maps, "normal-only", target_fpr=0.05)
+    many = np.random.default_rng(0).random((40, 16, 16)).astype(np.float32)
+    PostProcessor("l2").fit(many, "normal-only", target_fpr=0.05)
+    assert not [w for w in recwarn if issubclass(w.category, AnomalyWarning)]

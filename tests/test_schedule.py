@@ -99,3 +99,17 @@ def test_time_budget_ends_training_after_the_epoch_that_fills_it(demo_root, tmp_
 def test_time_budget_must_be_positive(demo_root, tmp_path):
     with pytest.raises(AnomalyError, match="max_minutes: expected a positive number"):
         _config(demo_root, tmp_path, max_minutes=0)
+
+
+def test_the_range_test_is_never_longer_than_the_training_it_serves(demo_root):
+    from anomaly.data.io import read_images
+    from anomaly.detectors.autoencoder import MvtecCAE
+
+    paths = sorted((demo_root / "train" / "good").glob("*.png"))
+    images = read_images(paths, "grayscale", (64, 64))
+    detector = MvtecCAE(input_shape=(64, 64, 1), epochs=3, batch_size=8, lr_finder_epochs=10)
+    detector.fit(images[:12], images[12:])
+    finder = detector.fit_result_.lr_finder
+    steps = 2  # 12 images in batches of 8
+    assert finder is not None and 1 <= len(finder.lrs) <= 3 * steps
+    assert np.isfinite(detector.fit_result_.lr)

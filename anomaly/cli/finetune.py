@@ -8,32 +8,44 @@ import sys
 from anomaly.cli.common import fmt, run
 
 
+def _defaults_by_detector(key: str, fallback) -> str:
+    """The detectors' default for one finetune option, grouped: "4 for mvtecCAE, ...; 0 for ..."."""
+    from anomaly.detectors import detector_class, list_detectors
+
+    groups: dict[str, list[str]] = {}
+    for name in list_detectors():
+        value = detector_class(name).finetune_defaults.get(key, fallback)
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+        groups.setdefault(text, []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from anomaly.postprocessing import MODES, SCORES
+
     p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
     p.add_argument("-p", "--path", required=True, help="model file (.keras, .hdf5, .npz) or its directory")
     p.add_argument("-d", "--data-dir", help="the dataset folder, when it has moved since training (default: the "
                    "folder recorded in the model's config.yaml)")
-    p.add_argument("-m", "--method", help="map: mssim (default), ssim or l2 for autoencoders; "
-                   "zscore for pixel-gaussian; "
-                   "the feature detectors have one map each (their default)")
-    p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8")
-    p.add_argument("--mode", default="normal-only",
+    p.add_argument("-m", "--method", help=f"the map (default: {_defaults_by_detector('method', '')})")
+    p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8 (autoencoders)")
+    p.add_argument("--mode", default="normal-only", choices=MODES,
                    help="normal-only (default: defect-free validation images only) or semi (a labelled 10%% "
                    "of the test images picks the pair, as the original toolkit)")
     p.add_argument("--target-fpr", type=float, default=0.05,
                    help="normal-only: share of defect-free images allowed to be flagged (default 0.05)")
-    p.add_argument("--smooth", type=float,
-                   help="Gaussian sigma in pixels applied to maps before thresholding "
-                   "(default 4 for autoencoders, 0 for pixel-gaussian)")
-    p.add_argument("--score-sigma", type=float,
-                   help="image score = max of the map after a Gaussian of this sigma "
-                   "(default 4; 0 for detectors whose maps are smoothed already)")
-    p.add_argument("--score",
-                   help="image score: max (smoothed map maximum; the default of most detectors), area (largest "
-                   "region over the threshold), mean (map mean; fre's default) or detector (cutpaste's default)")
+    p.add_argument("--smooth", type=float, help="Gaussian sigma in pixels applied to maps before thresholding "
+                   f"(default: {_defaults_by_detector('smooth', 0.0)})")
+    p.add_argument("--score-sigma", type=float, help="image score = max of the map after a Gaussian of this "
+                   f"sigma (default: {_defaults_by_detector('score_sigma', 4.0)})")
+    p.add_argument("--score", help=f"image score: {', '.join(SCORES)} (default: "
+                   f"{_defaults_by_detector('image_score', 'max')})")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                    help="per-pixel z-scores of the maps against the training images' maps "
-                   "(default on for autoencoders, off for pixel-gaussian)")
+                   f"(default: {_defaults_by_detector('normalize', False)})")
     p.add_argument("--split", type=float, default=0.1, help="semi: share of test images used (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -14,7 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data-dir", help="the dataset folder, when it has moved since training (default: the "
                    "folder recorded in the model's config.yaml)")
     p.add_argument("-s", "--save", action="store_true", help="write images/ and maps/")
-    p.add_argument("-m", "--method", help="test only this residual map (ssim, mssim or l2)")
+    from anomaly.detectors import detector_class, list_detectors
+
+    maps = dict.fromkeys(m for name in list_detectors() for m in detector_class(name).methods)
+    p.add_argument("-m", "--method", help=f"test only this finetuned map ({', '.join(maps)})")
     p.add_argument("-t", "--dtype", help="test only this dtype (float64 or uint8)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p

@@ -159,12 +159,19 @@ class AutoencoderDetector(Detector):
         elif cfg.lr is not None:
             lr = cfg.lr
         else:
+            # The range test never runs longer than the training it serves (-e 3: at most 3 epochs).
+            finder_epochs = min(cfg.lr_finder_epochs, cfg.epochs)
+            max_steps = cfg.epochs * steps
+            if progress:
+                print(f"learning-rate range test: up to {min(max(finder_epochs * steps, MIN_FINDER_STEPS), max_steps)} "
+                      f"steps (training: up to {max_steps} steps)")
             probe = training_dataset(train_images, cfg.batch_size, cfg.seed + 1, aug,
-                                     epochs=cfg.lr_finder_epochs + math.ceil(MIN_FINDER_STEPS / steps))
+                                     epochs=finder_epochs + math.ceil(MIN_FINDER_STEPS / steps))
             finder = find_learning_rate(
                 self.model, loss_fn, probe, steps, start=cfg.lr_finder_start, end=cfg.lr_finder_end,
-                epochs=cfg.lr_finder_epochs, stop_factor=cfg.lr_finder_stop_factor,
-                decrease_factor=cfg.lr_decrease_factor, jit_compile=cfg.jit_compile, progress=progress)
+                epochs=finder_epochs, stop_factor=cfg.lr_finder_stop_factor,
+                decrease_factor=cfg.lr_decrease_factor, jit_compile=cfg.jit_compile, progress=progress,
+                max_steps=max_steps)
             lr = finder.lr_opt
             if progress:
                 print(f"learning-rate finder: {finder.stop_reason}; chosen lr {lr:.3g}")

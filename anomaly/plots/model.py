@@ -47,28 +47,38 @@ def plot_schedule(lrs: list[float], path: Path) -> None:
 
 
 def plot_finetune(table: list[dict], best: dict, path: Path) -> None:
-    """Threshold, TPR, TNR and balanced accuracy against min_area, the chosen pair marked."""
+    """The candidate pairs against min_area, the chosen pair marked.
+
+    Left: each min_area's threshold. Right: TPR, TNR and balanced accuracy on the finetune
+    images (semi mode), or the validation images' false-positive rate (normal-only mode).
+    """
     areas = [row["min_area"] for row in table]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
     ax1.plot(areas, [row["threshold"] for row in table])
+    ax1.plot([best["min_area"]], [best["threshold"]], "o", color="k",
+             label=f"chosen: min_area {best['min_area']}, threshold {best['threshold']:.4g}")
     ax1.set_xlabel("min_area")
     ax1.set_ylabel("threshold")
-    for key in ("tpr", "tnr", "balanced_accuracy"):
-        ax2.plot(areas, [np.nan if row[key] is None else row[key] for row in table], label=key)
-    ax2.axvline(best["min_area"], color="k", ls="--", lw=0.8)
+    ax1.legend(fontsize=8)
+    keys = [k for k in ("tpr", "tnr", "balanced_accuracy", "val_fpr") if any(row.get(k) is not None for row in table)]
+    for key in keys:
+        ax2.plot(areas, [np.nan if row.get(key) is None else row[key] for row in table],
+                 label="validation false-positive rate" if key == "val_fpr" else key)
+    ax2.axvline(best["min_area"], color="k", ls="--", lw=0.8, label="chosen min_area")
     ax2.set_xlabel("min_area")
-    ax2.legend()
+    ax2.legend(fontsize=8)
     save(fig, path)
 
 
 def plot_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray, path: Path,
                 reconstruction: np.ndarray | None = None, truth: np.ndarray | None = None,
-                title: str = "", vmax: float | None = None) -> None:
-    """One test image: input, reconstruction, heat-map overlay and predicted mask (+ truth)."""
+                title: str = "", vmax: float | None = None, threshold: float | None = None) -> None:
+    """One test image: input, reconstruction, heat-map overlay with its colour bar (the
+    threshold marked on it and outlined on the map) and the predicted mask (+ truth)."""
     panels = [("input", image)]
     if reconstruction is not None:
         panels.append(("reconstruction", reconstruction))
-    fig, axes = plt.subplots(1, len(panels) + 2, figsize=(3 * (len(panels) + 2), 3.2))
+    fig, axes = plt.subplots(1, len(panels) + 2, figsize=(3.2 * (len(panels) + 2), 3.2))
     for ax, (name, img) in zip(axes, panels):
         arr, cmap = gray(img)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
@@ -76,8 +86,16 @@ def plot_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray, path
     arr, cmap = gray(image)
     heat = axes[len(panels)]
     heat.imshow(arr, cmap=cmap, vmin=0, vmax=1)
-    heat.imshow(amap, cmap="inferno", alpha=0.5, vmin=0, vmax=vmax or float(amap.max()) or 1.0)
-    heat.set_title("anomaly map")
+    top = vmax or float(amap.max()) or 1.0
+    im = heat.imshow(amap, cmap="inferno", alpha=0.5, vmin=min(0.0, float(amap.min())), vmax=top)
+    bar = fig.colorbar(im, ax=heat, fraction=0.046, pad=0.02)
+    if threshold is not None:
+        bar.ax.axhline(threshold, color="cyan", lw=1.5)
+        if (amap > threshold).any():
+            heat.contour(amap > threshold, levels=[0.5], colors="cyan", linewidths=0.6)
+        heat.set_title(f"anomaly map (threshold {threshold:.3g})")
+    else:
+        heat.set_title("anomaly map")
     seg = axes[len(panels) + 1]
     seg.imshow(arr, cmap=cmap, vmin=0, vmax=1)
     seg.imshow(np.ma.masked_where(~predicted, predicted), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
