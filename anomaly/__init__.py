@@ -4,6 +4,7 @@ import os
 import platform
 
 # TensorFlow's start-up chatter (oneDNN, CUDA probing) hides our own output; users can lower it.
+TF_LOG_LEVEL_SET_BY_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow turns its oneDNN kernels on by default only on some x86 CPUs (AVX-512 VNNI and newer);
 # elsewhere convolutions fall back to generic kernels, up to 10x slower. Read when TensorFlow loads.

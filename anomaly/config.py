@@ -232,7 +232,19 @@ class TrainConfig:
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise AnomalyError(f"unknown value '{value}': expected one of {', '.join(allowed)}", option)
+        import difflib
+
+        close = difflib.get_close_matches(str(value).lower(), [a.lower() for a in allowed], n=1, cutoff=0.6)
+        hint = f"did you mean {allowed[[a.lower() for a in allowed].index(close[0])]}? " if close else ""
+        raise AnomalyError(f"unknown value '{value}': {hint}expected one of {', '.join(allowed)}", option)
+
+
+def canonical_detector_name(name: str) -> str:
+    """A detector name as registered, whatever its case ("PatchCore" -> "patchcore")."""
+    from anomaly.detectors import list_detectors
+
+    by_lower = {n.lower(): n for n in list_detectors()}
+    return by_lower.get(str(name).lower(), str(name))
 
 
 def read_yaml(path: Path | Traversable) -> dict[str, Any]:
@@ -322,7 +334,10 @@ def load_train_config(overrides: dict[str, Any], config_file: str | None = None)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     default = _defaults_file("default.yaml")
     user = read_yaml(Path(config_file)) if config_file else {}
-    architecture = overrides.get("architecture") or user.get("architecture") or config.architecture
+    architecture = canonical_detector_name(overrides.get("architecture") or user.get("architecture")
+                                           or config.architecture)
+    overrides = {**overrides, "architecture": architecture} if "architecture" in overrides else overrides
+    user = {**user, "architecture": architecture} if "architecture" in user else user
     for path in (default, _architecture_defaults(str(architecture))):
         if path is not None:
             _apply(config, read_yaml(path), str(path))

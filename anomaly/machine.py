@@ -47,3 +47,18 @@ def cpu_facts() -> dict:
             "avx2": "avx2" in flags if flags else None,
             "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "onednn": onednn_enabled()}
+
+
+def device_description() -> str:
+    """What TensorFlow computes on, in words: the GPUs' names, else "CPU (<model>, N cores)"."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        return "GPU: " + ", ".join(names)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return f"CPU ({cpu_facts()['cpu']}, {cores} cores)"

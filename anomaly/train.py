@@ -96,8 +96,11 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     else:
         model_dir = Path(resume_dir)
     if progress:
+        from anomaly.machine import device_description
+
         print(f"{dataset.root}: {len(train_s)} training and {len(val_s)} validation images "
               f"-> {model_dir}")
+        print(f"running on {device_description()}")
         if detector.uses_backbone:
             print(f"fitting {config.architecture} on {config.backbone} features")
 

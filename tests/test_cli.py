@@ -252,3 +252,19 @@ def test_help_texts_state_the_defaults_the_code_uses():
     assert "off for mvtecCAE" in helps["normalize"]  # the autoencoders' maps are not z-scored by default
     (test_method,) = [a.help for a in test_cli.build_parser()._actions if a.dest == "method"]
     assert all(m in test_method for name in list_detectors() for m in detector_class(name).methods)
+
+
+def test_commands_print_no_tensorflow_start_up_noise(demo_root, tmp_path):
+    """A subprocess, as a user runs it: TensorFlow's C++ lines are silenced, the device is named once."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from anomaly.cli.train import entry; sys.argv = ['anomaly-train'] + sys.argv[1:]; entry()"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code, "-d", str(demo_root), "-a", "pixel-gaussian", "--input-size",
+                          "32", "-o", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "absl" not in out.stderr and "I0000" not in out.stderr and "cuInit" not in out.stderr, out.stderr
+    assert out.stdout.count("running on ") == 1

@@ -321,3 +321,10 @@ def test_input_width_makes_non_square_images(config_dir):
         load_train_config({"data_dir": "x", "architecture": "cutpaste", "input_width": 128})
     with pytest.raises(AnomalyError, match="loss: mssim needs"):
         load_train_config({"data_dir": "x", "loss": "mssim", "input_width": 128})
+
+
+def test_detector_names_in_any_case_and_a_hint_for_near_misses(config_dir):
+    assert load_train_config({"architecture": "Pixel-Gaussian"}).architecture == "pixel-gaussian"
+    assert load_train_config({"architecture": "MVTECcae"}).architecture == "mvtecCAE"
+    with pytest.raises(AnomalyError, match="did you mean pixel-gaussian"):
+        load_train_config({"architecture": "pixel-gausian"})

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
     p.add_argument("-o", "--output-dir", help="benchmark folder (default benchmarks/<YYYY-MM-DD>); "
                    "re-running into the same folder skips the runs already done")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
     p.add_argument("-q", "--quiet", action="store_true", help="no line per run, only the final table")
     return p
 

@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--epochs", type=int, help="most training epochs (default from configs/demo.yaml)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
     p.add_argument("--no-patchcore", action="store_true", help="only the autoencoder")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 

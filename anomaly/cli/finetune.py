@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: {_defaults_by_detector('normalize', False)})")
     p.add_argument("--split", type=float, default=0.1, help="semi: share of test images used (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 

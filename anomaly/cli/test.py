@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     maps = dict.fromkeys(m for name in list_detectors() for m in detector_class(name).methods)
     p.add_argument("-m", "--method", help=f"test only this finetuned map ({', '.join(maps)})")
     p.add_argument("-t", "--dtype", help="test only this dtype (float64 or uint8)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--inspect", action="store_const", const=True, help="save inspection images")
     p.add_argument("--config", help="YAML file of options (overridden by flags)")
     p.add_argument("--resume", metavar="MODEL_DIR", help="continue an interrupted run in MODEL_DIR")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.data_dir:
             raise AnomalyError("-d/--input-dir: required (the dataset folder holding train/good)")
-        overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "quiet")}
+        overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "quiet", "verbose")}
         config = load_train_config(overrides, args.config)
         outcome = train(config, progress=not args.quiet)
     fit = outcome.fit
