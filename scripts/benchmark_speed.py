@@ -106,7 +106,9 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{date.today().isoformat()}-speed-{Path(args.data).name}"
+    # Runs with oneDNN on and off (TF_ENABLE_ONEDNN_OPTS) on the same day must not overwrite each other.
+    onednn = {True: "-onednn-on", False: "-onednn-off"}.get(facts.get("onednn"), "")
+    stem = out / f"{date.today().isoformat()}-speed-{Path(args.data).name}{onednn}"
     with open(f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

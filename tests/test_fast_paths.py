@@ -89,3 +89,52 @@ def test_padim_mahalanobis_equals_the_einsum():
     expected = np.sqrt(np.einsum("nhwi,hwij,nhwj->nhw", centred, det.precision_.astype(np.float64), centred))
     got = det._maps(tf.constant(features)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def _nearest_in_one_product(queries, bank_aug, k):
+    """PatchCore's search as it was: one product with the whole bank."""
+    scores = tf.matmul(tf.concat([queries, tf.ones_like(queries[:, :1])], axis=1), bank_aug, transpose_b=True)
+    best, idx = tf.math.top_k(scores, k)
+    return tf.sqrt(tf.maximum(tf.reduce_sum(queries * queries, axis=1, keepdims=True) - 2.0 * best, 0.0)), idx
+
+
+@pytest.mark.parametrize("rows", [10, 2048, 2049, 3077])  # one product; chunks, the last of 1 and 5 rows
+@pytest.mark.parametrize("k", [1, 9])
+def test_chunked_nearest_search_equals_one_product(rows, k):
+    from anomaly.detectors.patchcore import augmented_bank, nearest_distances
+
+    rng = np.random.default_rng(rows)
+    bank = (rng.standard_normal((rows, 16)) ** 2).astype(np.float32)
+    queries = tf.constant(rng.standard_normal((300, 16)) ** 2, tf.float32)
+    aug = tf.constant(augmented_bank(bank))
+    dist, idx = nearest_distances(queries, aug, k)
+    ref_dist, ref_idx = _nearest_in_one_product(queries, aug, k)
+    assert dist.shape == (300, k) and idx.dtype == tf.int32
+    np.testing.assert_allclose(dist.numpy(), ref_dist.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
+    exact = np.sqrt(((queries.numpy()[:, None].astype(np.float64) - bank[idx.numpy()]) ** 2).sum(-1))
+    np.testing.assert_allclose(dist.numpy(), exact, rtol=1e-4, atol=1e-4)
+
+
+def _full_map_by_convolution(grid, size, sigma):
+    """The former to_full_map: bilinear resize, symmetric padding, two 1-channel convolutions."""
+    from anomaly.detectors.features import gaussian_kernel
+
+    x = tf.image.resize(grid[..., None], size, method="bilinear")
+    if sigma > 0:
+        k = tf.constant(gaussian_kernel(sigma))
+        r = (k.shape[0] - 1) // 2
+        x = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="SYMMETRIC")
+        x = tf.nn.conv2d(x, tf.reshape(k, (-1, 1, 1, 1)), 1, "VALID")
+        x = tf.nn.conv2d(x, tf.reshape(k, (1, -1, 1, 1)), 1, "VALID")
+    return x[..., 0]
+
+
+@pytest.mark.parametrize("h, w, size, sigma", [(32, 32, (256, 256), 4.0), (16, 8, (640, 128), 4.0),
+                                               (32, 32, (256, 256), 0.0), (7, 9, (64, 64), 2.0)])
+def test_full_map_as_matrix_products_equals_resize_and_blur(h, w, size, sigma):
+    from anomaly.detectors.features import to_full_map
+
+    grid = tf.constant(np.random.default_rng(0).random((3, h, w)).astype(np.float32) * 5)
+    np.testing.assert_allclose(to_full_map(grid, size, sigma).numpy(), _full_map_by_convolution(grid, size, sigma),
+                               rtol=0, atol=5e-6)

@@ -6,6 +6,7 @@ aggregation, and turning a coarse score grid into a full-resolution, Gaussian-sm
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -74,19 +75,44 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return (g / g.sum()).astype(np.float32)
 
 
+def _axis_matrix(n: int, size: int, sigma: float) -> np.ndarray:
+    """(n, size) M with x @ M = bilinear resizing (tf.image.resize, half-pixel centres) of a length-n
+    axis to `size`, then the Gaussian of `sigma` with symmetric padding (scipy's "reflect")."""
+    with tf.init_scope():  # eager even while a tf.function is being traced: the matrix is a constant
+        resize = tf.image.resize(tf.reshape(tf.eye(n), (n, n, 1, 1)), (size, 1), "bilinear")[:, :, 0, 0].numpy()
+    if sigma <= 0:
+        return resize.astype(np.float32)
+    k = gaussian_kernel(sigma).astype(np.float64)
+    r = (len(k) - 1) // 2
+    if r > size:
+        raise ValueError(f"a Gaussian of sigma {sigma} needs maps of at least {r} pixels, got {size}")
+    source = np.concatenate([np.arange(r)[::-1], np.arange(size), np.arange(size - r, size)[::-1]])
+    blur = np.zeros((size, size))
+    for t, weight in enumerate(k):  # output pixel j reads padded pixel j + t
+        np.add.at(blur, (source[np.arange(size) + t], np.arange(size)), weight)
+    return (resize.astype(np.float64) @ blur).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _full_map_matrices(h: int, w: int, height: int, width: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    return _axis_matrix(h, height, sigma), _axis_matrix(w, width, sigma)
+
+
 def to_full_map(grid: tf.Tensor, size: tuple[int, int], sigma: float) -> tf.Tensor:
     """(N, h, w) scores -> (N, H, W) map: bilinear upsampling, then a Gaussian of `sigma` px.
 
-    The Gaussian pads by reflection (scipy's default mode) so borders are not darkened.
+    The Gaussian pads by reflection (scipy's default mode) so borders are not darkened. Both
+    steps are linear and separable, so they run as one matrix product per axis: as fast as a
+    matmul on every CPU, where two 1-channel convolutions ran at ~1 GFLOP/s without oneDNN.
     """
-    x = tf.image.resize(grid[..., None], size, method="bilinear")
-    if sigma > 0:
-        k = tf.constant(gaussian_kernel(sigma))
-        r = (k.shape[0] - 1) // 2
-        x = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="SYMMETRIC")
-        x = tf.nn.conv2d(x, tf.reshape(k, (-1, 1, 1, 1)), 1, "VALID")
-        x = tf.nn.conv2d(x, tf.reshape(k, (1, -1, 1, 1)), 1, "VALID")
-    return x[..., 0]
+    grid = tf.convert_to_tensor(grid, tf.float32)
+    h, w = int(grid.shape[1]), int(grid.shape[2])
+    height, width = int(size[0]), int(size[1])
+    along_h, along_w = (tf.constant(m) for m in _full_map_matrices(h, w, height, width, float(sigma)))
+    x = tf.matmul(tf.reshape(grid, (-1, w)), along_w)                      # (N*h, W)
+    x = tf.transpose(tf.reshape(x, (-1, h, width)), [0, 2, 1])             # (N, W, h)
+    x = tf.matmul(tf.reshape(x, (-1, h)), along_h)                         # (N*W, H)
+    return tf.transpose(tf.reshape(x, (-1, width, height)), [0, 2, 1])     # (N, H, W)
 
 
 def in_batches(fn: Callable, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
