@@ -105,7 +105,7 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
             for s, sc, p in zip(test, scores, predicted)]
     target = modeldir.test_dir(loaded.model_dir, method, dtype)
     with modeldir.replace_folder(target) as tmp:
-        modeldir.write_text(tmp / "predictions.csv", _predictions_csv(rows))
+        modeldir.write_text(tmp / modeldir.PREDICTIONS_FILE, _predictions_csv(rows))
         if save:
             seg = decided.masks
             vmax = float(np.quantile(maps, 0.999)) or None
@@ -120,7 +120,7 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
                 plots.plot_result(images[i], maps[i], seg[i], picture, threshold=threshold,
                                   reconstruction=None if recons is None else recons[i],
                                   truth=None if masks is None else masks[i], title=title, vmax=vmax)
-        modeldir.write_json(tmp / "metrics.json", metrics)
+        modeldir.write_json(tmp / modeldir.METRICS_FILE, metrics)
     metrics["dir"] = str(target)
     return metrics
 

@@ -25,7 +25,15 @@ import yaml
 from anomaly.errors import AnomalyError
 
 MODEL_SUFFIXES = (".keras", ".hdf5", ".h5", ".npz")
+# Every file name of the model directory's contract, in one place.
 CONFIG_FILE = "config.yaml"
+DETECTOR_FILE = "detector.yaml"       # the detector's class name and hyper-parameters
+SUMMARY_FILE = "detector.json"        # fit seconds and what it learned
+HISTORY_FILE = "history.csv"
+FINETUNE_FILE = "finetune.json"
+STATS_FILE = "map_stats.npz"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
 
 
 def check_output_dir(output_dir: str | Path, flag: str = "-o") -> Path:
@@ -219,4 +227,4 @@ def test_dir(model_dir: Path, method: str, dtype: str) -> Path:
 
 def finetune_results(model_dir: Path) -> list[Path]:
     """Every finetune.json of a model directory, sorted."""
-    return sorted((Path(model_dir) / "finetune").glob("*/finetune.json"))
+    return sorted((Path(model_dir) / "finetune").glob(f"*/{FINETUNE_FILE}"))

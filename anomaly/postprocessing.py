@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from anomaly import modeldir
 from anomaly.arrays import load_npz
 from anomaly.errors import AnomalyError, AnomalyWarning
 from anomaly.metrics import classification_metrics
@@ -19,8 +20,6 @@ MODES = ("semi", "normal-only")
 # max: the (smoothed) map maximum; area: pixels of the largest region over the threshold;
 # mean: the map mean (FRE's squared error); detector: the detector's own image score (CutPaste).
 SCORES = ("max", "area", "mean", "detector")
-FINETUNE_FILE = "finetune.json"
-STATS_FILE = "map_stats.npz"
 
 # 8-connectivity in each image and none across the stack, so a batch labels in one call.
 _STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
@@ -372,19 +371,17 @@ class PostProcessor:
 
     def save(self, directory: Path, record: dict | None = None) -> None:
         """Write finetune.json (the settings, plus `record`) and map_stats.npz into `directory`."""
-        from anomaly import modeldir
-
         directory = Path(directory)
-        modeldir.write_json(directory / FINETUNE_FILE, {**self.to_dict(), **(record or {})})
+        modeldir.write_json(directory / modeldir.FINETUNE_FILE, {**self.to_dict(), **(record or {})})
         if self.stats is not None:
-            self.stats.save(directory / STATS_FILE)
+            self.stats.save(directory / modeldir.STATS_FILE)
 
     @classmethod
     def load(cls, directory: Path) -> PostProcessor:
         """The post-processing `save` wrote (a finetune/<method>_<dtype>/ folder)."""
         import json
 
-        path = Path(directory) / FINETUNE_FILE
+        path = Path(directory) / modeldir.FINETUNE_FILE
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -406,7 +403,7 @@ class PostProcessor:
         if pp.image_score not in SCORES:
             raise AnomalyError(f"{directory}: finetune.json: unknown image score '{pp.image_score}'")
         if pp.normalize:
-            pp.stats = MapStats.load(Path(directory) / STATS_FILE)
+            pp.stats = MapStats.load(Path(directory) / modeldir.STATS_FILE)
         return pp
 
 

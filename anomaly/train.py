@@ -111,9 +111,9 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     # An interrupted run still leaves its best model to use; resuming replaces it.
     model_file = detector.save(model_dir)
     summary = {"fit_seconds": record.seconds, **detector.summary()}
-    modeldir.write_json(model_dir / "detector.json", summary)
+    modeldir.write_json(model_dir / modeldir.SUMMARY_FILE, summary)
     if detector.history_ or detector.trains_epochs:
-        modeldir.write_text(model_dir / "history.csv", _history_csv(detector.history_))
+        modeldir.write_text(model_dir / modeldir.HISTORY_FILE, _history_csv(detector.history_))
     detector.save_plots(train_x, dataset, model_dir / "plots")
     if progress and "bank_size" in summary:
         print(f"memory bank: {summary['bank_size']} x {summary['feature_dim']} ({summary['bank_mb']:.1f} MiB)")

@@ -91,3 +91,11 @@ def test_load_needs_a_finetuned_model(demo_root, tmp_path):
     (model_dir,) = [p.parent for p in tmp_path.rglob("config.yaml")]
     with pytest.raises(anomaly.AnomalyError, match="not finetuned"):
         anomaly.load(model_dir)
+
+
+def test_a_model_directory_from_before_detector_yaml_still_loads(patchcore_dir, demo_root, tmp_path):
+    old = shutil.copytree(patchcore_dir, tmp_path / "old")
+    (old / "detector.yaml").unlink()  # as main wrote model directories before the detector contract
+    images = sorted((demo_root / "test" / "good").iterdir())[:2]
+    np.testing.assert_array_equal(anomaly.load(old).predict(images).scores,
+                                  anomaly.load(patchcore_dir).predict(images).scores)

@@ -262,3 +262,47 @@ def load_dataset(root: str | Path, normal_dir: str = "", abnormal_dir: str = "",
     if normal_dir:
         return find_folder_dataset(root, normal_dir, abnormal_dir or None, mask_dir or None, normal_test_split, seed)
     return find_dataset(root)
+
+
+# A benchmark root holds categories up to this many folder levels down (e.g. data/mvtec_ad/bottle).
+MAX_DEPTH = 2
+
+
+def _is_category(folder: Path) -> bool:
+    return (folder / "train" / "good").is_dir()
+
+
+def find_categories(path: str | Path) -> list[Path]:
+    """The dataset categories (folders holding train/good) in a folder.
+
+    Args:
+        path: a category folder itself, or a root holding categories in sub-folders up to
+            two levels deep (e.g. `data/` holding `mvtec_ad/bottle/`).
+
+    Returns:
+        `[path]` when `path` is a category; otherwise the categories below it, sorted (a
+        category's own sub-folders are not searched).
+
+    Raises:
+        AnomalyError: the path does not exist, is not a folder, or holds no category.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AnomalyError(f"{path}: dataset folder does not exist")
+    if not path.is_dir():
+        raise AnomalyError(f"{path}: expected a dataset folder, got a file")
+    if _is_category(path):
+        return [path]
+    found: list[Path] = []
+    level = [path]
+    for _ in range(MAX_DEPTH):
+        below = []
+        for folder in level:
+            # Hidden folders are temporary or tool folders (.tmp-*, .git), never categories.
+            for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                (found if _is_category(sub) else below).append(sub)
+        level = below
+    if not found:
+        raise AnomalyError(f"{path}: no dataset category found (expected train/good in it or in "
+                           f"sub-folders up to {MAX_DEPTH} levels deep)")
+    return sorted(found)

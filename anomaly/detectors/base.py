@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from anomaly import modeldir
 from anomaly.errors import AnomalyError
 
-DETECTOR_FILE = "detector.yaml"
 REGISTRY: dict[str, type[Detector]] = {}
 
 
@@ -208,15 +208,13 @@ class Detector(ABC):
 
     def save(self, directory: str | Path) -> Path:
         """Write the learned state and `detector.yaml` into `directory`; returns the state's file."""
-        from anomaly import modeldir
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / self.model_file_name
         tmp = directory / f".tmp-{path.name}"
         self._save_state(tmp)
         tmp.replace(path)
-        modeldir.write_yaml(directory / DETECTOR_FILE, {"name": self.name, "config": self.get_config()})
+        modeldir.write_yaml(directory / modeldir.DETECTOR_FILE, {"name": self.name, "config": self.get_config()})
         return path
 
     def _state_file(self, directory: Path) -> Path:
@@ -244,10 +242,8 @@ class Detector(ABC):
                 directories written before `detector.yaml` existed are read through their
                 `config.yaml`.
         """
-        from anomaly import modeldir
-
         directory = Path(directory)
-        spec_file = directory / DETECTOR_FILE
+        spec_file = directory / modeldir.DETECTOR_FILE
         if spec_file.is_file():
             spec = modeldir.read_yaml_mapping(spec_file)
             cls = detector_class(str(spec.get("name")))
