@@ -242,7 +242,9 @@ def test_help_texts_state_the_defaults_the_code_uses():
     from anomaly.cli import test as test_cli
     from anomaly.detectors import detector_class, list_detectors
 
-    helps = {a.dest: " ".join(a.help.split()) for a in finetune_cli.build_parser()._actions if a.help}
+    parser = finetune_cli.build_parser()
+    parser.format_help()  # the defaults are listed when help is shown
+    helps = {a.dest: " ".join(a.help.split()) for a in parser._actions if a.help}
     for name in list_detectors():
         defaults = detector_class(name).finetune_defaults
         method_groups = dict(part.split(" for ") for part in helps["method"][len("the map (default: "):-1].split("; "))
@@ -250,7 +252,9 @@ def test_help_texts_state_the_defaults_the_code_uses():
         normalize = "on" if defaults.get("normalize") else "off"
         assert name in helps["normalize"].split(f"{normalize} for ")[1].split(";")[0].split(")")[0].split(", ")
     assert "off for mvtecCAE" in helps["normalize"]  # the autoencoders' maps are not z-scored by default
-    (test_method,) = [a.help for a in test_cli.build_parser()._actions if a.dest == "method"]
+    test_parser = test_cli.build_parser()
+    test_parser.format_help()
+    (test_method,) = [a.help for a in test_parser._actions if a.dest == "method"]
     assert all(m in test_method for name in list_detectors() for m in detector_class(name).methods)
 
 
@@ -268,3 +272,17 @@ def test_commands_print_no_tensorflow_start_up_noise(demo_root, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "absl" not in out.stderr and "I0000" not in out.stderr and "cuInit" not in out.stderr, out.stderr
     assert out.stdout.count("running on ") == 1
+
+
+def test_a_wrong_path_is_reported_before_tensorflow_loads(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom anomaly.cli.common import run\nfrom anomaly.cli.train import main\n"
+            "code = run(main, ['-d', sys.argv[1], '-a', 'patchcore'])\n"
+            "print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded')\n"
+            "sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nowhere")], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2 and "dataset folder does not exist" in out.stderr
+    assert out.stdout.strip() == "tensorflow not loaded"

@@ -249,11 +249,11 @@ def test_validate_names_the_option(config_dir, overrides, option):
     (["-b", "0"], "error: -b/--batch: expected a positive integer"),
     (["--lr", "-1"], "error: --lr: expected a positive number"),
 ])
-def test_the_command_line_shows_its_flag_for_an_option(config_dir, argv, shown, capsys):
+def test_the_command_line_shows_its_flag_for_an_option(config_dir, demo_root, argv, shown, capsys):
     from anomaly.cli import train as train_cli
     from anomaly.cli.common import run
 
-    assert run(train_cli.main, ["-d", "anywhere", *argv]) == 2
+    assert run(train_cli.main, ["-d", str(demo_root), *argv]) == 2
     assert capsys.readouterr().err.startswith(shown)
 
 

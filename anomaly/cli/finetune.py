@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anomaly.cli.common import fmt, run
+from anomaly.cli.common import Parser, fmt, run
 
 
 def _defaults_by_detector(key: str, fallback) -> str:
@@ -23,28 +23,32 @@ def _defaults_by_detector(key: str, fallback) -> str:
     return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from anomaly.postprocessing import MODES, SCORES
+def _scores() -> tuple[str, ...]:
+    from anomaly.postprocessing import SCORES
 
-    p = argparse.ArgumentParser(prog="anomaly-finetune", description=__doc__)
+    return SCORES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="anomaly-finetune", description=__doc__)
     p.add_argument("-p", "--path", required=True, help="model file (.keras, .hdf5, .npz) or its directory")
     p.add_argument("-d", "--data-dir", help="the dataset folder, when it has moved since training (default: the "
                    "folder recorded in the model's config.yaml)")
-    p.add_argument("-m", "--method", help=f"the map (default: {_defaults_by_detector('method', '')})")
+    p.add_argument("-m", "--method", lazy_help=lambda: f"the map (default: {_defaults_by_detector('method', '')})")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8 (autoencoders)")
-    p.add_argument("--mode", default="normal-only", choices=MODES,
+    p.add_argument("--mode", default="normal-only",
                    help="normal-only (default: defect-free validation images only) or semi (a labelled 10%% "
                    "of the test images picks the pair, as the original toolkit)")
     p.add_argument("--target-fpr", type=float, default=0.05,
                    help="normal-only: share of defect-free images allowed to be flagged (default 0.05)")
-    p.add_argument("--smooth", type=float, help="Gaussian sigma in pixels applied to maps before thresholding "
-                   f"(default: {_defaults_by_detector('smooth', 0.0)})")
-    p.add_argument("--score-sigma", type=float, help="image score = max of the map after a Gaussian of this "
-                   f"sigma (default: {_defaults_by_detector('score_sigma', 4.0)})")
-    p.add_argument("--score", help=f"image score: {', '.join(SCORES)} (default: "
+    p.add_argument("--smooth", type=float, lazy_help=lambda: "Gaussian sigma in pixels applied to maps before "
+                   f"thresholding (default: {_defaults_by_detector('smooth', 0.0)})")
+    p.add_argument("--score-sigma", type=float, lazy_help=lambda: "image score = max of the map after a Gaussian "
+                   f"of this sigma (default: {_defaults_by_detector('score_sigma', 4.0)})")
+    p.add_argument("--score", lazy_help=lambda: f"image score: {', '.join(_scores())} (default: "
                    f"{_defaults_by_detector('image_score', 'max')})")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
-                   help="per-pixel z-scores of the maps against the training images' maps "
+                   lazy_help=lambda: "per-pixel z-scores of the maps against the training images' maps "
                    f"(default: {_defaults_by_detector('normalize', False)})")
     p.add_argument("--split", type=float, default=0.1, help="semi: share of test images used (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the finetune subset (default: the training seed)")

@@ -6,11 +6,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anomaly.cli.common import run
+from anomaly.cli.common import Parser, run
+
+
+def _architecture_help() -> str:
+    from anomaly.detectors import detector_class, list_detectors
+
+    families: dict[str, list[str]] = {}
+    for name in list_detectors():
+        families.setdefault(detector_class(name).family, []).append(name)
+    return (f"autoencoders: {', '.join(families['autoencoder'])} (default mvtecCAE); baseline: "
+            f"{', '.join(families['baseline'])}; feature detectors: {', '.join(families['features'])} (any case)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="anomaly-train", description=__doc__)
+    p = Parser(prog="anomaly-train", description=__doc__)
     p.add_argument("-d", "--input-dir", dest="data_dir", help="dataset category folder (MVTec layout), or the "
                    "folder holding --normal-dir, --abnormal-dir and --mask-dir")
     p.add_argument("--normal-dir", help="folder layout: the defect-free images (a folder inside -d); a seeded "
@@ -19,14 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-dir", help="folder layout: masks of the defective images, <stem>[_mask].png (optional)")
     p.add_argument("--normal-test-split", type=float, help="folder layout: share of good images held out "
                    "for testing (default 0.2)")
-    from anomaly.detectors import detector_class, list_detectors
-
-    families = {}
-    for name in list_detectors():
-        families.setdefault(detector_class(name).family, []).append(name)
-    p.add_argument("-a", "--architecture",
-                   help=f"autoencoders: {', '.join(families['autoencoder'])} (default mvtecCAE); baseline: "
-                   f"{', '.join(families['baseline'])}; feature detectors: {', '.join(families['features'])}")
+    p.add_argument("-a", "--architecture", lazy_help=_architecture_help)
     p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")
@@ -60,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.data_dir and not args.resume:
+        # A wrong path is reported before TensorFlow loads (seconds on a busy machine).
+        from anomaly.data.dataset import find_dataset, find_folder_dataset
+
+        if args.normal_dir:
+            find_folder_dataset(args.data_dir, args.normal_dir, args.abnormal_dir, args.mask_dir)
+        else:
+            find_dataset(args.data_dir)
     from anomaly.config import load_train_config
     from anomaly.errors import AnomalyError
     from anomaly.train import resume_config, train
