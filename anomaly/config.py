@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from anomaly.errors import AnomalyError
+from anomaly.modeldir import read_yaml_mapping
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -254,13 +253,7 @@ def read_yaml(path: Path | Traversable) -> dict[str, Any]:
         path = Path(path)
     if not path.is_file():
         raise AnomalyError(f"{path}: config file does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise AnomalyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise AnomalyError(f"{path}: expected a mapping of option: value")
-    return data
+    return read_yaml_mapping(path, allow_empty=True)
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

@@ -111,15 +111,21 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return read_yaml_mapping(path)
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path, allow_empty: bool = False) -> dict[str, Any]:
     """A YAML file holding a mapping (safe loader: no tags beyond YAML's own types).
+
+    Args:
+        path: a file path or a package resource (`importlib.resources`).
+        allow_empty: an empty file (or only comments) is an empty mapping rather than an error.
 
     Raises:
         AnomalyError: the file is missing, unreadable, not YAML or not a mapping.
     """
-    path = Path(path)
+    path = Path(path) if isinstance(path, str) else path
     try:
         data = yaml.safe_load(path.read_text())
+        if data is None and allow_empty:
+            data = {}
     except OSError as exc:
         raise AnomalyError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
