@@ -7,6 +7,7 @@ module here (plus its `configs/<name>.yaml`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 
@@ -19,15 +20,13 @@ __all__ = ["Detector", "register", "detector_class", "list_detectors", "is_autoe
 _HELPERS = {"base", "features"}
 
 
+@functools.cache
 def load_all() -> None:
-    """Import every detector module once, so that each class has registered itself."""
+    """Import every detector module (once: the registry is looked up often), so that each class
+    has registered itself."""
     for module in pkgutil.iter_modules(__path__):
-        if module.name not in _HELPERS and f"{__name__}.{module.name}" not in _loaded:
+        if module.name not in _HELPERS:
             importlib.import_module(f"{__name__}.{module.name}")
-            _loaded.add(f"{__name__}.{module.name}")
-
-
-_loaded: set[str] = set()
 
 
 def list_detectors() -> list[str]:
