@@ -30,14 +30,16 @@ def _package_configs() -> Traversable:
 CONFIG_DIR = _package_configs()
 _REINSTALL = ("the YAML defaults (package anomaly.configs: the repository's configs/ folder) are not installed: "
               "reinstall anomaly (pip install -e . in a checkout, else pip install .)")
-LOSSES = ("ssim", "mssim", "l2")
 COLOR_MODES = ("grayscale", "rgb")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a training run; saved as config.yaml in the model directory.
+    """Everything that determines a training run; saved (flat) as config.yaml in the model directory.
+
+    The fields are the run's settings, the same for every detector; `params` holds the detector's
+    own hyper-parameters.
 
     Attributes:
         data_dir: the dataset category folder (MVTec layout), or the folder holding `normal_dir`,
@@ -48,7 +50,6 @@ class TrainConfig:
         normal_test_split: folder layout: share of the good images held out (seeded) for testing.
         architecture: a name from `anomaly.detectors.list_detectors()`.
         color_mode: "grayscale" or "rgb".
-        loss: "ssim", "mssim" or "l2".
         input_size: images are resized to input_size x input_size, or to input_size (height)
             x input_width (width) when input_width is set.
         input_width: the width of non-square inputs, e.g. for long thin parts whose photographs
@@ -60,37 +61,16 @@ class TrainConfig:
             for no budget. With a budget the number of epochs depends on the machine's speed.
         seed: seeds weights, augmentation, shuffling and the validation split.
         val_split: fraction of train/good held out for validation and finetuning.
-        lr: a fixed peak learning rate; None runs the learning-rate finder to choose it.
-        lr_finder_start: the finder's first learning rate.
-        lr_finder_end: the finder's last learning rate.
-        lr_finder_epochs: the most epochs the finder runs.
-        lr_finder_stop_factor: the finder stops when the smoothed loss exceeds this times its best.
-        lr_decrease_factor: the finder's rule takes the LR 85 % of the way down the loss curve.
-        early_stopping: patience in epochs on validation loss.
-        reduce_on_plateau: patience in epochs before the peak learning rate is halved.
-        rotation: augmentation rotation range in degrees (uniform in +-rotation).
-        shift: augmentation translation range as a fraction of width and height.
-        brightness: augmentation brightness factor range (uniform in [1-b, 1+b]).
+        early_stopping: patience in epochs on validation loss (detectors that train for epochs).
         precision: "float32" or "mixed_bfloat16" (faster on CPUs with AVX512-BF16/AMX).
         jit_compile: compile the training step with XLA.
         output_dir: the root under which model directories are created.
         inspect: save inspection images after training.
-        backbone: the pretrained network of a feature detector (`anomaly.backbones`).
-        weights: the backbone's weights: "imagenet", "random" or a weights file.
-        layers: comma-separated backbone layers a feature detector reads; empty for its default.
-        coreset_ratio: patchcore: share of training patches kept in the memory bank.
-        num_neighbors: patchcore: a patch's score is its mean distance to this many neighbours.
-        reweight: patchcore: the paper's image-score re-weighting.
-        map_sigma: feature detectors: Gaussian sigma (pixels) smoothing the upsampled map.
-        pca_variance: fre: share of the feature variance the PCA keeps.
-        padim_dims: padim: feature channels kept (a seeded random subset).
-        knn_k: knn: neighbours averaged into the score.
-        knn_dims: knn: the highest-variance feature dimensions kept.
-        kmeans_clusters: kmeans: number of centroids.
-        features_from: kmeans: a trained autoencoder's `.keras` file whose flattened bottleneck
-            is clustered instead of backbone features ("" for the backbone).
-        latent_dim: fre-tae and feature-ae: size of the code.
-        density: cutpaste: "gde" (Gaussian, Mahalanobis distance) or "kde" (kernel density).
+        params: the detector's own hyper-parameters (`Detector.hyper_parameters()`: an
+            autoencoder's loss and learning-rate schedule, a feature detector's backbone, ...),
+            by the names of its `__init__`; resolved from its `__init__` defaults, its YAML
+            defaults, the user's file and the flags.
+        extra: what a saved config.yaml holds besides (split, versions, command).
     """
 
     data_dir: str = ""
@@ -100,7 +80,6 @@ class TrainConfig:
     normal_test_split: float = 0.2
     architecture: str = "mvtecCAE"
     color_mode: str = "grayscale"
-    loss: str = "ssim"
     input_size: int = 256
     input_width: int | None = None
     batch_size: int = 8
@@ -108,36 +87,12 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 42
     val_split: float = 0.1
-    lr: float | None = None
-    lr_finder_start: float = 1e-5
-    lr_finder_end: float = 10.0
-    lr_finder_epochs: int = 10
-    lr_finder_stop_factor: float = 6.0
-    lr_decrease_factor: float = 0.85
     early_stopping: int = 12
-    reduce_on_plateau: int = 6
-    rotation: float = 5.0
-    shift: float = 0.05
-    brightness: float = 0.05
     precision: str = "float32"
     jit_compile: bool = False
     output_dir: str = "saved_models"
     inspect: bool = False
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    layers: str = ""
-    coreset_ratio: float = 0.002
-    num_neighbors: int = 1
-    reweight: bool = False
-    map_sigma: float = 4.0
-    pca_variance: float = 0.97
-    padim_dims: int = 100
-    knn_k: int = 50
-    knn_dims: int = 500
-    kmeans_clusters: int = 2
-    features_from: str = ""
-    latent_dim: int = 0
-    density: str = "gde"
+    params: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -145,18 +100,11 @@ class TrainConfig:
         """The model-directory level below the architecture: the loss of an autoencoder, the
         backbone of a feature detector ("bottleneck" for kmeans on an autoencoder's code), "none"
         for the pixel baseline."""
-        from anomaly.detectors import is_autoencoder, uses_backbone
-
-        if is_autoencoder(self.architecture):
-            return self.loss
-        if self.features_from:
+        if "loss" in self.params:
+            return str(self.params["loss"])
+        if self.params.get("features_from"):
             return "bottleneck"
-        return self.backbone if uses_backbone(self.architecture) else "none"
-
-    @property
-    def layer_names(self) -> tuple[str, ...]:
-        """`layers` as a tuple; empty for the detector's default."""
-        return tuple(n.strip() for n in self.layers.split(",") if n.strip())
+        return str(self.params.get("backbone", "none"))
 
     @property
     def channels(self) -> int:
@@ -180,52 +128,35 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check values a user can get wrong; raise AnomalyError naming the option."""
-        from anomaly.backbones import backbone_spec
-        from anomaly.detectors import is_autoencoder, list_detectors
-        from anomaly.losses import MSSIM_MIN_SIZE
+        from anomaly.detectors import detector_class, list_detectors
 
         # NaN passes every comparison below (they are all False), so reject it first.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        for option, value in [*((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)),
+                              *self.params.items()]:
             if isinstance(value, float) and not math.isfinite(value):
-                raise AnomalyError(f"expected a finite number, got {value}", f.name)
+                raise AnomalyError(f"expected a finite number, got {value}", option)
         _choice("architecture", self.architecture, tuple(list_detectors()))
-        _choice("loss", self.loss, LOSSES)
         _choice("color_mode", self.color_mode, COLOR_MODES)
         _choice("precision", self.precision, PRECISIONS)
-        _choice("density", self.density, ("gde", "kde"))
         for option, side in (("input_size", self.input_size), ("input_width", self.input_width)):
             if side is not None and (side < 32 or side % 32):
                 raise AnomalyError(f"expected a multiple of 32 (>= 32), got {side}", option)
-        if self.loss == "mssim" and min(self.image_size) < MSSIM_MIN_SIZE and is_autoencoder(self.architecture):
-            raise AnomalyError(f"mssim needs an input size and width >= {MSSIM_MIN_SIZE}, "
-                               f"got {self.image_size[0]}x{self.image_size[1]}", "loss")
-        if self.architecture == "cutpaste" and self.image_size[0] != self.image_size[1]:
-            raise AnomalyError("cutpaste turns images by 90 degrees and needs square ones", "input_width")
-        positive = ("batch_size", "epochs", "num_neighbors", "padim_dims", "knn_k", "knn_dims", "kmeans_clusters")
-        for option in positive:
+        for option in ("batch_size", "epochs", "early_stopping"):
             if getattr(self, option) < 1:
                 raise AnomalyError(f"expected a positive integer, got {getattr(self, option)}", option)
-        for option in ("val_split", "coreset_ratio", "pca_variance"):
-            value, closed = getattr(self, option), option != "val_split"
-            if not (0 < value <= 1 if closed else 0 < value < 1):
-                raise AnomalyError(f"expected a fraction in (0, 1{']' if closed else ')'}, got {value}", option)
-        for option in ("map_sigma", "latent_dim"):
-            if getattr(self, option) < 0:
-                raise AnomalyError(f"expected a value >= 0, got {getattr(self, option)}", option)
-        for option in ("max_minutes", "lr"):
-            if getattr(self, option) is not None and not getattr(self, option) > 0:
-                raise AnomalyError(f"expected a positive number, got {getattr(self, option)}", option)
-        if self.features_from and self.architecture != "kmeans":
-            raise AnomalyError(f"only kmeans clusters an autoencoder's bottleneck, not {self.architecture}",
-                               "features_from")
-        backbone_spec(self.backbone)
+        if not 0 < self.val_split < 1:
+            raise AnomalyError(f"expected a fraction in (0, 1), got {self.val_split}", "val_split")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise AnomalyError(f"expected a positive number, got {self.max_minutes}", "max_minutes")
+        detector_class(self.architecture).check_hyper_parameters(self.params, self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """All options as a flat mapping; `extra` keys sit beside the fields (as saved)."""
-        values = dataclasses.asdict(self)
-        values.update(values.pop("extra"))
+        """All options as one flat mapping, as config.yaml holds them: the run's settings, then the
+        detector's hyper-parameters, then the `extra` keys."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "extra")}
+        values.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()})
+        values.update(self.extra)
         return values
 
 
@@ -260,14 +191,22 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 def _coerce(key: str, value: Any, kind: str, source: str) -> Any:
-    """Convert a YAML or command-line value to the field's type, or raise naming the option."""
+    """Convert a YAML or command-line value to the option's type (`kind`, its annotation, e.g.
+    "float | None" or "tuple[str, ...]"), or raise naming the option."""
     def bad(expected: str) -> AnomalyError:
         return AnomalyError(f"{source}: option '{key}' expects {expected}, got {value!r}")
 
     if value is None:
         if "None" in kind or kind == "str":
-            return None
+            return None if "None" in kind else ""
         raise bad(kind)
+    if kind.startswith("tuple"):
+        # Layer names: a comma-separated string (flags, YAML) or a list (detector.yaml).
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, (str, int)) for i in items):
+            raise bad("a comma-separated list")
+        items = [i.strip() if isinstance(i, str) else i for i in items]
+        return tuple(i for i in items if i != "")
     if kind.startswith("bool"):
         if isinstance(value, bool):
             return value
@@ -298,13 +237,42 @@ def _coerce(key: str, value: Any, kind: str, source: str) -> Any:
     return str(value)
 
 
-def _apply(config: TrainConfig, values: dict[str, Any], source: str) -> None:
-    kinds = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+_FIELD_KINDS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig) if f.name not in ("params", "extra")}
+
+
+def _parameter_kinds(detector) -> dict[str, str]:
+    """A detector's hyper-parameters and their kinds: the annotation, else the default's type."""
+    kinds = {}
+    for name, param in detector.hyper_parameters().items():
+        annotation = param.annotation
+        if annotation is param.empty:
+            annotation = "str" if param.default is param.empty else type(param.default).__name__
+        kinds[name] = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return kinds
+
+
+def _apply(config: TrainConfig, values: dict[str, Any], source: str, strict: bool = True) -> None:
+    """Set options from a mapping: run settings on the fields, the detector's hyper-parameters
+    (or their older names) in `params`; anything else is an error (`strict`) or kept in `extra`."""
+    from anomaly.detectors import detector_class
+
+    detector = detector_class(config.architecture)
+    kinds = _parameter_kinds(detector)
     for key, value in values.items():
         key = key.replace("-", "_")
-        if key not in kinds or key == "extra":
+        name = detector.aliases.get(key, key)
+        if key in _FIELD_KINDS:
+            setattr(config, key, _coerce(key, value, _FIELD_KINDS[key], source))
+        elif name in kinds:
+            config.params[name] = _coerce(key, value, kinds[name], source)
+        elif not strict:
+            config.extra[key] = value
+        elif key in ("params", "extra"):
             raise AnomalyError(f"{source}: unknown option '{key}'")
-        setattr(config, key, _coerce(key, value, kinds[key], source))
+        else:
+            where = "" if source == "command line" else f"{source}: "
+            raise AnomalyError(f"{where}'{key}' is not an option of {config.architecture} (its own: "
+                               f"{', '.join(kinds) or 'none'})", key)
 
 
 def load_train_config(overrides: dict[str, Any], config_file: str | None = None) -> TrainConfig:
@@ -315,28 +283,33 @@ def load_train_config(overrides: dict[str, Any], config_file: str | None = None)
         config_file: an optional user YAML file.
 
     Returns:
-        The validated configuration: dataclass defaults, then `configs/default.yaml`, then
-        `configs/<architecture>.yaml`, then `config_file`, then `overrides`.
+        The validated configuration: dataclass and `__init__` defaults, then
+        `configs/default.yaml`, then the detector's YAML defaults (`configs/<architecture>.yaml`),
+        then `config_file`, then `overrides`. Options the chosen detector does not have are errors.
 
     Raises:
         AnomalyError: also when a defaults file is missing (a broken install): default.yaml, or
-            the `<architecture>.yaml` of a detector that reads a backbone (autoencoders and the
-            pixel baseline have none and run on default.yaml).
+            the YAML of a detector that reads a backbone (autoencoders and the pixel baseline
+            run on their `__init__` defaults without one).
     """
-    config = TrainConfig()
+    from anomaly.detectors import detector_class, list_detectors
+
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    default = _defaults_file("default.yaml")
+    default = read_yaml(_defaults_file("default.yaml"))
     user = read_yaml(Path(config_file)) if config_file else {}
     architecture = canonical_detector_name(overrides.get("architecture") or user.get("architecture")
-                                           or config.architecture)
-    overrides = {**overrides, "architecture": architecture} if "architecture" in overrides else overrides
-    user = {**user, "architecture": architecture} if "architecture" in user else user
-    for path in (default, _architecture_defaults(str(architecture))):
-        if path is not None:
-            _apply(config, read_yaml(path), str(path))
-    if config_file:
-        _apply(config, user, str(config_file))
-    _apply(config, overrides, "command line")
+                                           or default.get("architecture") or TrainConfig.architecture)
+    _choice("architecture", architecture, tuple(list_detectors()))
+    config = TrainConfig(architecture=architecture)
+    detector = detector_class(architecture)
+    config.params = {name: p.default for name, p in detector.hyper_parameters().items()}
+    layers = [(str(CONFIG_DIR / "default.yaml"), default)]
+    detector_defaults = _architecture_defaults(detector)
+    if detector_defaults is not None:
+        layers.append((str(detector_defaults), read_yaml(detector_defaults)))
+    layers += [(str(config_file), user), ("command line", overrides)]
+    for source, values in layers:
+        _apply(config, {**values, "architecture": architecture} if "architecture" in values else values, source)
     return config.validate()
 
 
@@ -348,19 +321,22 @@ def _defaults_file(name: str) -> Traversable:
     return path
 
 
-def _architecture_defaults(architecture: str) -> Traversable | None:
-    """configs/<architecture>.yaml; required for the detectors that read a backbone (they all
-    ship one: colour mode, backbone, layers), optional for the others, which have none."""
-    from anomaly.detectors import uses_backbone
-
-    if (CONFIG_DIR / f"{architecture}.yaml").is_file() or uses_backbone(architecture):
-        return _defaults_file(f"{architecture}.yaml")
+def _architecture_defaults(detector) -> Traversable | None:
+    """The detector's YAML defaults; required for the detectors that read a backbone (they all
+    ship one: colour mode, backbone, layers), optional for the others."""
+    if (CONFIG_DIR / detector.defaults_name()).is_file() or detector.uses_backbone:
+        return _defaults_file(detector.defaults_name())
     return None
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Rebuild a configuration saved in a model directory (unknown keys are kept in `extra`)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in values.items() if k in names and k != "extra"})
-    config.extra = {k: v for k, v in values.items() if k not in names}
+def config_from_dict(values: dict[str, Any], source: str = "config.yaml") -> TrainConfig:
+    """Rebuild a configuration saved in a model directory: run settings, the detector's
+    hyper-parameters (also under the flat names older versions saved), and in `extra` the rest;
+    errors name `source` (the file read)."""
+    from anomaly.detectors import detector_class
+
+    architecture = canonical_detector_name(values.get("architecture") or TrainConfig.architecture)
+    config = TrainConfig(architecture=architecture)
+    config.params = {name: p.default for name, p in detector_class(architecture).hyper_parameters().items()}
+    _apply(config, {k: v for k, v in values.items() if k not in ("params", "extra")}, source, strict=False)
     return config

@@ -61,7 +61,7 @@ def load_model(path: str | Path, data_dir: str | Path | None = None) -> LoadedMo
         data_dir: the dataset's folder when it is no longer where training found it.
     """
     model_dir, model_file = modeldir.resolve(path)
-    config = config_from_dict(modeldir.read_config(model_dir))
+    config = config_from_dict(modeldir.read_config(model_dir), str(Path(model_dir) / modeldir.CONFIG_FILE))
     try:
         config.validate()
     except AnomalyError as exc:

@@ -102,7 +102,7 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
               f"-> {model_dir}")
         print(f"running on {device_description()}")
         if detector.uses_backbone:
-            print(f"fitting {config.architecture} on {config.backbone} features")
+            print(f"fitting {config.architecture} on {config.params['backbone']} features")
 
     detector.checkpoint_dir, detector.resume = model_dir / "checkpoint", resume_dir is not None
     start = time.perf_counter()
@@ -146,4 +146,4 @@ def resume_config(model_dir: Path) -> TrainConfig:
     state = load_checkpoint_state(model_dir / "checkpoint")
     if state.get("finished"):
         raise AnomalyError(f"--resume {model_dir}: training already finished")
-    return config_from_dict(modeldir.read_config(model_dir)).validate()
+    return config_from_dict(modeldir.read_config(model_dir), str(Path(model_dir) / modeldir.CONFIG_FILE)).validate()

@@ -47,7 +47,7 @@ def bench(data: Path, architecture: str, setting: str, epochs: int, batch: int) 
     _, _, train_x, val_x = load_split(dataset, config)
     detector = detector_class(architecture).from_train_config(config)
     model = detector.model
-    model.compile(optimizer=make_optimizer(1e-3), loss=get_loss(config.loss),
+    model.compile(optimizer=make_optimizer(1e-3), loss=get_loss(detector.loss),
                   metrics=[get_metric(config.color_mode, config.input_size)], jit_compile=xla)
     times = []
 
@@ -58,7 +58,7 @@ def bench(data: Path, architecture: str, setting: str, epochs: int, batch: int) 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
 
-    aug = Augmentation(config.rotation, config.shift, config.brightness)
+    aug = Augmentation(detector.rotation, detector.shift, detector.brightness)
     model.fit(training_dataset(train_x, batch, 0, aug, 0, epochs), epochs=epochs,
               steps_per_epoch=steps_per_epoch(len(train_x), batch), shuffle=False,
               validation_data=evaluation_dataset(val_x, batch), callbacks=[Timer()], verbose=0)

@@ -29,6 +29,13 @@ def config_dir(tmp_path, monkeypatch) -> Path:
     return d
 
 
+def init_defaults(architecture: str = "mvtecCAE") -> dict:
+    """A detector's hyper-parameters as its `__init__` defaults them."""
+    from anomaly.detectors import detector_class
+
+    return {name: p.default for name, p in detector_class(architecture).hyper_parameters().items()}
+
+
 def assert_one_line(exc: pytest.ExceptionInfo, *parts: str) -> None:
     msg = str(exc.value)
     assert "\n" not in msg
@@ -41,10 +48,10 @@ def assert_one_line(exc: pytest.ExceptionInfo, *parts: str) -> None:
 
 def test_dataclass_defaults():
     c = TrainConfig()
-    assert (c.architecture, c.color_mode, c.loss) == ("mvtecCAE", "grayscale", "ssim")
+    assert (c.architecture, c.color_mode) == ("mvtecCAE", "grayscale")
     assert (c.input_size, c.batch_size, c.epochs, c.seed, c.val_split) == (256, 8, 1024, 42, 0.1)
-    assert c.lr is None and c.precision == "float32" and c.jit_compile is False
-    assert c.extra == {}
+    assert c.precision == "float32" and c.jit_compile is False
+    assert c.params == {} and c.extra == {}
     assert c.channels == 1 and c.input_shape == (256, 256, 1)
     rgb = TrainConfig(color_mode="rgb", input_size=64)
     assert rgb.channels == 3 and rgb.input_shape == (64, 64, 3)
@@ -52,47 +59,80 @@ def test_dataclass_defaults():
 
 def test_shipped_default_yaml_is_valid_and_matches_the_dataclass():
     shipped = read_yaml(config_module.CONFIG_DIR / "default.yaml")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(shipped) <= names
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"params", "extra"}
+    assert set(shipped) <= names  # default.yaml holds run settings only
     resolved = load_train_config({"data_dir": "x"})
-    assert resolved == TrainConfig(data_dir="x")
+    # autoencoder.yaml states the autoencoders' __init__ defaults
+    assert resolved == TrainConfig(data_dir="x", params=init_defaults())
+
+
+@pytest.mark.parametrize("name", ["patchcore", "padim", "fre", "knn", "kmeans", "cutpaste", "feature-ae"])
+def test_a_detector_yaml_holds_run_settings_and_its_own_hyper_parameters(name):
+    from anomaly.detectors import detector_class
+
+    cls = detector_class(name)
+    shipped = read_yaml(config_module.CONFIG_DIR / cls.defaults_name())
+    run = {f.name for f in dataclasses.fields(TrainConfig)} - {"params", "extra"}
+    assert set(shipped) <= run | set(cls.hyper_parameters())
+    config = load_train_config({"architecture": name})
+    assert set(config.params) == set(cls.hyper_parameters())
+    assert config.color_mode == "rgb" and config.params["backbone"] == "efficientnet_lite0"
 
 
 def test_without_any_file_the_dataclass_defaults_apply(config_dir):
-    assert load_train_config({}) == TrainConfig()
+    assert load_train_config({}) == TrainConfig(params=init_defaults())
 
 
 def test_default_yaml_is_applied(config_dir):
     write(config_dir / "default.yaml", "batch_size: 4\nepochs: 3\nrotation: 0.0\n")
     c = load_train_config({})
-    assert (c.batch_size, c.epochs, c.rotation) == (4, 3, 0.0)
+    assert (c.batch_size, c.epochs, c.params["rotation"]) == (4, 3, 0.0)
     assert c.input_size == 256  # untouched fields keep the dataclass default
 
 
 def test_precedence_default_architecture_file_cli(config_dir, tmp_path):
     write(config_dir / "default.yaml", "batch_size: 4\nepochs: 3\nseed: 1\nshift: 0.2\n")
-    write(config_dir / "baselineCAE.yaml", "epochs: 5\nseed: 2\nshift: 0.3\n")
+    write(config_dir / "autoencoder.yaml", "epochs: 5\nseed: 2\nshift: 0.3\n")
     user = write(tmp_path / "user.yaml", "architecture: baselineCAE\nseed: 3\nshift: 0.4\n")
     c = load_train_config({"shift": 0.5, "batch_size": None}, str(user))
     assert c.architecture == "baselineCAE"
     assert c.batch_size == 4  # default.yaml, the None override is ignored
     assert c.epochs == 5      # architecture file over default.yaml
     assert c.seed == 3        # --config file over the architecture file
-    assert c.shift == 0.5     # command line over everything
+    assert c.params["shift"] == 0.5  # command line over everything
 
 
 def test_architecture_file_follows_the_command_line_architecture(config_dir, tmp_path):
-    write(config_dir / "baselineCAE.yaml", "epochs: 5\n")
-    write(config_dir / "skipCAE.yaml", "epochs: 7\n")
-    user = write(tmp_path / "user.yaml", "architecture: baselineCAE\n")
-    c = load_train_config({"architecture": "skipCAE"}, str(user))
-    assert (c.architecture, c.epochs) == ("skipCAE", 7)
+    write(config_dir / "padim.yaml", "epochs: 5\n")
+    write(config_dir / "patchcore.yaml", "epochs: 7\n")
+    user = write(tmp_path / "user.yaml", "architecture: padim\n")
+    c = load_train_config({"architecture": "patchcore"}, str(user))
+    assert (c.architecture, c.epochs) == ("patchcore", 7)
+
+
+def test_an_option_the_detector_does_not_have_is_an_error(config_dir, tmp_path):
+    write(config_dir / "patchcore.yaml", "")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({"architecture": "patchcore", "lr": 1e-3})
+    assert exc.value.option == "lr"
+    assert_one_line(exc, "'lr' is not an option of patchcore", "coreset_ratio")
+    user = write(tmp_path / "user.yaml", "architecture: mvtecCAE\ncoreset_ratio: 0.1\n")
+    with pytest.raises(AnomalyError) as exc:
+        load_train_config({}, str(user))
+    assert_one_line(exc, str(user), "'coreset_ratio' is not an option of mvtecCAE")
+
+
+def test_older_flat_names_of_hyper_parameters_are_accepted(config_dir, tmp_path):
+    write(config_dir / "padim.yaml", "")
+    user = write(tmp_path / "user.yaml", "architecture: padim\npadim_dims: 7\nlayers: a, b\n")
+    c = load_train_config({}, str(user))
+    assert c.params["dims"] == 7 and c.params["layers"] == ("a", "b")
 
 
 def test_none_overrides_are_ignored(config_dir, tmp_path):
     user = write(tmp_path / "user.yaml", "batch_size: 16\nloss: l2\n")
     c = load_train_config({"batch_size": None, "loss": None, "lr": None, "data_dir": None}, str(user))
-    assert (c.batch_size, c.loss, c.lr, c.data_dir) == (16, "l2", None, "")
+    assert (c.batch_size, c.params["loss"], c.params["lr"], c.data_dir) == (16, "l2", None, "")
 
 
 def test_hyphenated_keys_in_yaml(config_dir, tmp_path):
@@ -103,7 +143,7 @@ def test_hyphenated_keys_in_yaml(config_dir, tmp_path):
 
 def test_lr_set_from_yaml_float(config_dir, tmp_path):
     user = write(tmp_path / "user.yaml", "lr: 1.0e-3\n")
-    assert load_train_config({}, str(user)).lr == pytest.approx(1e-3)
+    assert load_train_config({}, str(user)).params["lr"] == pytest.approx(1e-3)
 
 
 # --------------------------------------------------------------------------- type coercion
@@ -112,15 +152,15 @@ def test_lr_set_from_yaml_float(config_dir, tmp_path):
 def test_numeric_strings_are_coerced(config_dir, tmp_path):
     c = load_train_config({"batch_size": "16", "rotation": "2.5", "input_size": "64"})
     assert c.batch_size == 16 and type(c.batch_size) is int
-    assert c.rotation == 2.5 and type(c.rotation) is float
+    assert c.params["rotation"] == 2.5 and type(c.params["rotation"]) is float
     assert c.input_size == 64
 
 
 def test_int_for_float_field_becomes_float(config_dir, tmp_path):
     user = write(tmp_path / "user.yaml", "lr_finder_end: 10\nbrightness: 0\n")
     c = load_train_config({}, str(user))
-    assert c.lr_finder_end == 10.0 and type(c.lr_finder_end) is float
-    assert c.brightness == 0.0 and type(c.brightness) is float
+    assert c.params["lr_finder_end"] == 10.0 and type(c.params["lr_finder_end"]) is float
+    assert c.params["brightness"] == 0.0 and type(c.params["brightness"]) is float
 
 
 def test_non_numeric_string_for_int_field_is_rejected(config_dir, tmp_path):
@@ -144,7 +184,7 @@ def test_lr_string_in_yaml_is_coerced_or_rejected(config_dir, tmp_path, text):
     except AnomalyError as exc:
         assert "lr" in str(exc)
         return
-    assert isinstance(c.lr, float) and c.lr == pytest.approx(1e-3)
+    assert isinstance(c.params["lr"], float) and c.params["lr"] == pytest.approx(1e-3)
 
 
 def test_quoted_false_does_not_enable_a_flag(config_dir, tmp_path):
@@ -182,7 +222,7 @@ def test_extra_is_not_a_settable_option(config_dir, tmp_path):
 def test_unknown_option_on_command_line(config_dir):
     with pytest.raises(AnomalyError) as exc:
         load_train_config({"bogus": 1})
-    assert_one_line(exc, "command line", "bogus")
+    assert_one_line(exc, "bogus", "not an option of mvtecCAE")
 
 
 def test_unknown_option_in_default_yaml_names_that_file(config_dir):
@@ -214,7 +254,7 @@ def test_missing_config_file(config_dir, tmp_path):
 
 def test_empty_yaml_file_changes_nothing(config_dir, tmp_path):
     user = write(tmp_path / "empty.yaml", "# only a comment\n")
-    assert load_train_config({}, str(user)) == TrainConfig()
+    assert load_train_config({}, str(user)) == TrainConfig(params=init_defaults())
 
 
 # --------------------------------------------------------------------------- validate
@@ -263,7 +303,7 @@ def test_validate_accepts_every_listed_choice(config_dir):
     for arch in list_architectures():
         assert load_train_config({"architecture": arch}).architecture == arch
     for loss in ("ssim", "l2"):
-        assert load_train_config({"loss": loss}).loss == loss
+        assert load_train_config({"loss": loss}).params["loss"] == loss
     assert load_train_config({"color_mode": "rgb"}).channels == 3
     assert load_train_config({"precision": "mixed_bfloat16"}).precision == "mixed_bfloat16"
 
@@ -273,7 +313,7 @@ def test_mssim_needs_a_large_input(config_dir):
     with pytest.raises(AnomalyError) as exc:
         load_train_config({"loss": "mssim", "input_size": 160})
     assert_one_line(exc, "mssim", "loss", "176")
-    assert load_train_config({"loss": "mssim", "input_size": 192}).loss == "mssim"
+    assert load_train_config({"loss": "mssim", "input_size": 192}).params["loss"] == "mssim"
 
 
 def test_validate_returns_the_config():
@@ -285,7 +325,7 @@ def test_validate_returns_the_config():
 
 
 def test_config_from_dict_keeps_unknown_keys_in_extra():
-    c = TrainConfig(data_dir="/data/bottle", loss="l2", input_size=128, lr=1e-3)
+    c = TrainConfig(data_dir="/data/bottle", input_size=128, params={**init_defaults(), "loss": "l2", "lr": 1e-3})
     saved = c.to_dict()
     saved["split"] = {"train": ["train/good/000.png"], "validation": ["train/good/001.png"]}
     saved["versions"] = {"tensorflow": "2.21"}
@@ -300,14 +340,25 @@ def test_config_from_dict_keeps_unknown_keys_in_extra():
 
 def test_config_from_dict_tolerates_missing_keys():
     c = config_from_dict({"loss": "l2", "note": "old run"})
-    assert c.loss == "l2" and c.batch_size == 8
+    assert c.params["loss"] == "l2" and c.batch_size == 8
     assert c.extra == {"note": "old run"}
 
 
 def test_to_dict_config_from_dict_round_trip_keeps_extra():
     c = config_from_dict({"loss": "l2", "split": {"validation": ["train/good/001.png"]}})
     again = config_from_dict(c.to_dict())
-    assert again.extra == c.extra
+    assert again.extra == c.extra and again == c
+
+
+def test_a_config_yaml_of_the_previous_layout_still_loads():
+    """config.yaml before 2026-12 held every detector's option, flat, under older names."""
+    old = {"architecture": "knn", "color_mode": "rgb", "loss": "ssim", "lr": None, "backbone": "resnet50",
+           "layers": "", "coreset_ratio": 0.002, "knn_k": 5, "knn_dims": 20, "padim_dims": 100,
+           "split": {"train": [], "validation": []}}
+    c = config_from_dict(old)
+    assert c.params == {**init_defaults("knn"), "backbone": "resnet50", "k": 5, "n_dims": 20}
+    assert c.extra == {"loss": "ssim", "lr": None, "coreset_ratio": 0.002, "padim_dims": 100,
+                       "split": {"train": [], "validation": []}}
 
 
 def test_input_width_makes_non_square_images(config_dir):

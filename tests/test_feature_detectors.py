@@ -126,7 +126,7 @@ def test_patchcore_reweighting_scales_each_map_by_a_weight_below_one(demo_root):
     images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
     plain = PatchCoreDetector.from_train_config(config).fit(images[:8])
     test = read_images(sorted((demo_root / "test").rglob("*.png"))[:3], "rgb", (64, 64))
-    config.reweight = True
+    config.params["reweight"] = True
     reweighted = PatchCoreDetector.from_train_config(config)
     reweighted.memory_bank_, reweighted.grid_ = plain.memory_bank_, plain.grid_
     ratio = reweighted.anomaly_maps(test).max(axis=(1, 2)) / plain.anomaly_maps(test).max(axis=(1, 2))

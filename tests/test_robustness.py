@@ -128,9 +128,9 @@ def test_non_finite_flags_are_refused(demo_root, tmp_path, capsys):
 def test_saved_config_with_nan_is_refused(trained, tmp_path, capsys):
     model_dir = shutil.copytree(trained, tmp_path / "model")
     config = model_dir / "config.yaml"
-    config.write_text(config.read_text().replace("map_sigma: 4.0", "map_sigma: .nan"))
+    config.write_text(config.read_text().replace("rotation: 5.0", "rotation: .nan"))
     assert run(finetune_cli.main, ["-p", str(model_dir), "-q"]) == 2
-    assert "config.yaml: map_sigma: expected a finite number" in _one_line_error(capsys)
+    assert "config.yaml: option 'rotation' expects a finite number" in _one_line_error(capsys)
 
 
 def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):

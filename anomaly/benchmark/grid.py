@@ -65,8 +65,8 @@ def check_names(detectors: Sequence[str], losses: Sequence[str], backbones: Sequ
     Raises:
         AnomalyError: a name is not known.
     """
-    from anomaly.config import LOSSES
     from anomaly.detectors import list_detectors
+    from anomaly.losses import LOSSES
 
     known = list_detectors()
     for name in detectors:
@@ -179,10 +179,9 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         if (run.detector, run.variant) in settings:
             continue
         overrides = {"architecture": run.detector, "epochs": epochs, "input_size": input_size,
-                     "input_width": input_width, "lr": lr}
+                     "input_width": input_width}
         if is_autoencoder(run.detector):
-            overrides["loss"] = run.variant
-            overrides["max_minutes"] = max_minutes
+            overrides.update(loss=run.variant, lr=lr, max_minutes=max_minutes)
         elif uses_backbone(run.detector):
             overrides["backbone"] = run.variant
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -194,7 +193,7 @@ def resolve_settings(runs: Sequence[Run], epochs: int | None, input_size: int | 
         settings[(run.detector, run.variant)] = {
             "overrides": overrides, "epochs": config.epochs if epochs_used else None,
             "input_size": config.input_size if config.input_width is None else "x".join(map(str, config.image_size)),
-            "lr": config.lr if trained else None, "mode": mode,
+            "lr": config.params["lr"] if trained else None, "mode": mode,
             "max_minutes": config.max_minutes if trained else None,
             # --map applies to autoencoders; other detectors keep their own map.
             "method": method if trained else None, "smooth": smooth, "normalize": normalize}

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = train(config, progress=not args.quiet)
     finetune(outcome.model_file, progress=not args.quiet)
     results = evaluate(outcome.model_file, save=True, progress=not args.quiet)
-    print(f"\npatchcore ({config.backbone}, fitted in {outcome.fit.seconds:.0f} s):")
+    print(f"\npatchcore ({config.params['backbone']}, fitted in {outcome.fit.seconds:.0f} s):")
     print_metrics(results)
     for r in results:
         print(f"pictures: {r['dir']}/images   metrics: {r['dir']}/metrics.json")

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--architecture", lazy_help=_architecture_help)
     p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
-    p.add_argument("-b", "--batch", dest="batch_size", type=int, help="batch size (default 8)")
+    p.add_argument("-b", "--batch", dest="batch_size", type=int, help="images per training batch, or per "
+                   "forward pass of a feature detector (default 8; some detectors' YAML sets their own)")
     p.add_argument("-e", "--epochs", type=int, help="most epochs to train (default 1024; early stopping ends sooner)")
     p.add_argument("--max-minutes", type=float, help="autoencoders: training time budget in minutes, learning-rate "
                    "finder included (default none); training ends after the last epoch that fits")

@@ -13,9 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from anomaly.data.pipeline import Augmentation, evaluation_dataset, steps_per_epoch, training_dataset
-from anomaly.detectors.base import Detector, FitResult, detector_class, register
+from anomaly.detectors.base import Detector, FitResult, register
 from anomaly.errors import AnomalyError
-from anomaly.losses import get_loss, get_metric
+from anomaly.losses import LOSSES, MSSIM_MIN_SIZE, get_loss, get_metric
 from anomaly.models import build_model
 from anomaly.resmaps import RESIDUALS, check_method, finish_map
 from anomaly.schedule import (
@@ -78,6 +78,9 @@ class AutoencoderDetector(Detector):
     # Chosen by measurement on bottle, cookie and KolektorSDD (docs/results.md): the multi-scale
     # SSIM residual smoothed with sigma 4; z-scores help KolektorSDD but hurt bottle and cookie.
     finetune_defaults = {"method": "mssim", "smooth": 4.0, "normalize": False}
+    defaults_file = "autoencoder.yaml"
+    choices = {"loss": tuple(LOSSES)}
+    checks = {"lr": "positive-number", "lr_finder_epochs": "positive", "reduce_on_plateau": "positive"}
     checkpoint_dir: Path | None = None
     resume: bool = False
 
@@ -99,10 +102,11 @@ class AutoencoderDetector(Detector):
         self._predict = {}
 
     @classmethod
-    def from_train_config(cls, config) -> AutoencoderDetector:
-        detector = detector_class(config.architecture)
-        return detector(config.input_shape, **{name: getattr(config, name) for name in detector._param_names()
-                                               if name != "input_shape"})
+    def check_hyper_parameters(cls, params, run) -> None:
+        super().check_hyper_parameters(params, run)
+        if params.get("loss") == "mssim" and min(run.image_size) < MSSIM_MIN_SIZE:
+            raise AnomalyError(f"mssim needs an input size and width >= {MSSIM_MIN_SIZE}, "
+                               f"got {run.image_size[0]}x{run.image_size[1]}", "loss")
 
     @property
     def model(self) -> keras.Model:

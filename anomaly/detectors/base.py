@@ -14,7 +14,10 @@ follows scikit-learn and Keras:
   `Detector.load(directory)` needs nothing else.
 
 A subclass registers itself under its `name` with `@register`, which is all a new detector
-needs (plus its YAML defaults in `configs/<name>.yaml`).
+needs (plus its YAML defaults in `configs/<name>.yaml`). Its hyper-parameters are the
+`__init__` parameters that are not settings of the run (`RUN_OPTIONS`: the input shape, seed,
+batch size and epochs that `anomaly.config.TrainConfig` holds for every detector); their types
+come from the annotations, their checks from `checks` and `choices`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,19 @@ from anomaly import modeldir
 from anomaly.errors import AnomalyError
 
 REGISTRY: dict[str, type[Detector]] = {}
+
+# Settings of the run (fields of anomaly.config.TrainConfig) that a detector receives when its
+# `__init__` names them; every other `__init__` parameter is a hyper-parameter of its own.
+RUN_OPTIONS = ("input_shape", "seed", "batch_size", "epochs", "max_minutes", "early_stopping", "precision",
+               "jit_compile")
+
+# The rules `checks` can name.
+_RULES = {
+    "positive": (lambda v: v >= 1, "a positive integer"),
+    "fraction": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "non-negative": (lambda v: v >= 0, "a value >= 0"),
+    "positive-number": (lambda v: v is None or v > 0, "a positive number"),
+}
 
 
 @dataclass
@@ -80,6 +96,12 @@ class Detector(ABC):
         methods: the maps it can make; the first is its default.
         file_suffix: the suffix of the file its learned state is saved in.
         finetune_defaults: the post-processing used when the user names none.
+        defaults_file: its YAML defaults in `anomaly.configs` ("" for `<name>.yaml`).
+        checks: hyper-parameter -> rule its values must follow ("positive", "fraction",
+            "non-negative", "positive-number").
+        choices: hyper-parameter -> the values it accepts.
+        aliases: older names of hyper-parameters (flat config.yaml keys, renamed parameters),
+            accepted wherever a configuration is read.
     """
 
     name: ClassVar[str] = ""
@@ -91,6 +113,10 @@ class Detector(ABC):
     methods: ClassVar[tuple[str, ...]] = ()
     file_suffix: ClassVar[str] = ".npz"
     finetune_defaults: ClassVar[dict] = {}
+    defaults_file: ClassVar[str] = ""
+    checks: ClassVar[dict[str, str]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    aliases: ClassVar[dict[str, str]] = {}
 
     # Where a detector that trains for epochs keeps resumable checkpoints (None: nowhere), and
     # whether `fit` continues the run checkpointed there. Set by the caller, not hyper-parameters.
@@ -114,6 +140,7 @@ class Detector(ABC):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Detector:
         """An unfitted detector with the hyper-parameters of `get_config()`."""
+        config = {cls.aliases.get(k, k): v for k, v in config.items()}
         unknown = sorted(set(config) - set(cls._param_names()))
         if unknown:
             raise AnomalyError(f"not a hyper-parameter of {cls.name} (expected some of "
@@ -121,9 +148,42 @@ class Detector(ABC):
         return cls(**config)
 
     @classmethod
-    @abstractmethod
+    def hyper_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The detector's own `__init__` parameters (not `RUN_OPTIONS`), by name."""
+        params = inspect.signature(cls.__init__).parameters
+        return {name: params[name] for name in cls._param_names() if name not in RUN_OPTIONS}
+
+    @classmethod
+    def defaults_name(cls) -> str:
+        """The file name of its YAML defaults in `anomaly.configs`."""
+        return cls.defaults_file or f"{cls.name}.yaml"
+
+    @classmethod
+    def check_hyper_parameters(cls, params: dict[str, Any], run) -> None:
+        """Raise AnomalyError naming the option for a value `__init__` would reject or that would
+        fail only later; `run` is the `anomaly.config.TrainConfig` (for checks that involve the
+        input shape). Subclasses extend it for rules that span options."""
+        for option, value in params.items():
+            if option in cls.choices and value not in cls.choices[option]:
+                raise AnomalyError(f"unknown value '{value}': expected one of {', '.join(cls.choices[option])}",
+                                   option)
+            if option in cls.checks:
+                accepts, expected = _RULES[cls.checks[option]]
+                if not accepts(value):
+                    raise AnomalyError(f"expected {expected}, got {value}", option)
+        if "backbone" in params:
+            from anomaly.backbones import backbone_spec
+
+            backbone_spec(params["backbone"])
+
+    @classmethod
     def from_train_config(cls, config) -> Detector:
-        """An unfitted detector for a resolved `anomaly.config.TrainConfig`."""
+        """An unfitted detector for a resolved `anomaly.config.TrainConfig`: the run settings its
+        `__init__` names, and its hyper-parameters `config.params`."""
+        names = set(cls._param_names())
+        run = {"input_shape": config.input_shape,
+               **{option: getattr(config, option) for option in RUN_OPTIONS[1:] if option in names}}
+        return cls(**run, **config.params)
 
     # ------------------------------------------------------------------ learning and maps
 
@@ -254,7 +314,7 @@ class Detector(ABC):
         else:
             from anomaly.config import config_from_dict
 
-            train_config = config_from_dict(modeldir.read_config(directory))
+            train_config = config_from_dict(modeldir.read_config(directory), str(directory / modeldir.CONFIG_FILE))
             detector = detector_class(train_config.architecture).from_train_config(train_config)
         path = Path(model_file) if model_file else detector._state_file(directory)
         if not path.is_file():

@@ -111,6 +111,8 @@ class CutPasteDetector(Detector):
     finetune_defaults = {"method": "dense", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
                          "image_score": "detector"}
     lr = (0.003, 0.001)  # the spec's SGD rates of the two phases
+    choices = {"density": ("gde", "kde")}
+    checks = {"patch_stride": "positive", "map_sigma": "non-negative"}
 
     def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  epochs: tuple[int, int] = (30, 20), batch_size: int = 32, density: str = "gde",
@@ -131,9 +133,16 @@ class CutPasteDetector(Detector):
 
     @classmethod
     def from_train_config(cls, config) -> CutPasteDetector:
+        # `epochs` is split 3:2 between the head-only and the all-layer phase.
         head = max(1, round(config.epochs * 0.6))
-        return cls(config.input_shape, config.backbone, config.weights, (head, max(config.epochs - head, 0)),
-                   config.batch_size, config.density, map_sigma=config.map_sigma, seed=config.seed)
+        return cls(config.input_shape, epochs=(head, max(config.epochs - head, 0)), batch_size=config.batch_size,
+                   seed=config.seed, **config.params)
+
+    @classmethod
+    def check_hyper_parameters(cls, params, run) -> None:
+        super().check_hyper_parameters(params, run)
+        if run.image_size[0] != run.image_size[1]:
+            raise AnomalyError("cutpaste turns images by 90 degrees and needs square ones", "input_width")
 
     def build(self) -> keras.Model:
         from anomaly.backbones import build_backbone

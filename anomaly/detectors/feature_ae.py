@@ -63,22 +63,19 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
     methods = ("fae",)
     file_suffix = ".npz"
     finetune_defaults = {"method": "fae", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
+    checks = {"latent_dim": "non-negative", "map_sigma": "non-negative"}
+    aliases = {"patience": "early_stopping"}  # its name in detector.yaml before 2026-12
 
     def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), latent_dim: int = 0, epochs: int = 50, map_sigma: float = 4.0,
-                 seed: int = 0, batch_size: int = 8, patience: int = 5):
+                 seed: int = 0, batch_size: int = 8, early_stopping: int = 5):
         from anomaly.backbones import backbone_spec
 
         self.input_shape = tuple(input_shape)
         self.backbone, self.weights = backbone, weights
         self.layers = tuple(layers) or backbone_spec(backbone).patch_layers
         self.latent_dim, self.epochs, self.map_sigma = latent_dim or 100, epochs, map_sigma
-        self.seed, self.batch_size, self.patience = seed, batch_size, patience
-
-    @classmethod
-    def from_train_config(cls, config) -> FeatureAEDetector:
-        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.latent_dim,
-                   config.epochs, config.map_sigma, config.seed, config.batch_size, config.early_stopping)
+        self.seed, self.batch_size, self.early_stopping = seed, batch_size, early_stopping
 
     def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
             progress: bool = False) -> FeatureAEDetector:
@@ -100,7 +97,8 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         set_seed(self.seed)
         self.model_ = feature_autoencoder(x.shape[-1], self.latent_dim)
         self.model_.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-        callbacks = [keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)] if val else []
+        stop = keras.callbacks.EarlyStopping(patience=self.early_stopping, restore_best_weights=True)
+        callbacks = [stop] if val else []
         self.model_.fit(x, x, batch_size=self.batch_size, epochs=self.epochs, validation_data=val,
                         callbacks=callbacks, shuffle=True, verbose=0)
         self.forget_traces()

@@ -42,6 +42,7 @@ class FREDetector(BackboneDetectorMixin, Detector):
     name = "fre"
     methods = ("fre",)
     file_suffix = ".npz"
+    checks = {"pca_variance": "fraction", "latent_dim": "non-negative", "map_sigma": "non-negative"}
     finetune_defaults = {"method": "fre", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
                          "image_score": "mean"}
 
@@ -57,11 +58,6 @@ class FREDetector(BackboneDetectorMixin, Detector):
             raise AnomalyError(f"--layers: fre reads one layer, got {len(self.layers)}")
         self.pca_variance, self.latent_dim, self.map_sigma = pca_variance, latent_dim, map_sigma
         self.seed, self.epochs, self.batch_size = seed, epochs, batch_size
-
-    @classmethod
-    def from_train_config(cls, config) -> FREDetector:
-        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.pca_variance,
-                   config.latent_dim, config.map_sigma, config.seed, config.epochs)
 
     def _pooled(self, x):
         return tf.nn.avg_pool2d(self.extractor(x)[0], 2, 2, "VALID")

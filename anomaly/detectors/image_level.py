@@ -85,16 +85,13 @@ class KNNDetector(_PooledFeatureDetector):
     name = "knn"
     finetune_defaults = {"method": "knn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
 
-    def __init__(self, input_shape=(256, 256, 3), backbone="efficientnet_lite0", weights="imagenet", layers=(),
-                 k: int = 50,
-                 n_dims: int = 500, seed: int = 0, batch_size: int = 16):
+    checks = {"k": "positive", "n_dims": "positive"}
+    aliases = {"knn_k": "k", "knn_dims": "n_dims"}  # the flat config.yaml names before 2026-12
+
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                 layers: tuple[str, ...] = (), k: int = 50, n_dims: int = 500, seed: int = 0, batch_size: int = 16):
         super().__init__(input_shape, backbone, weights, layers, seed, batch_size)
         self.k, self.n_dims = k, n_dims
-
-    @classmethod
-    def from_train_config(cls, config) -> KNNDetector:
-        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.knn_k,
-                   config.knn_dims, config.seed)
 
     def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
             progress: bool = False) -> KNNDetector:
@@ -178,17 +175,16 @@ class KMeansDetector(_PooledFeatureDetector):
     name = "kmeans"
     finetune_defaults = {"method": "kmeans", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
 
-    def __init__(self, input_shape=(256, 256, 3), backbone="efficientnet_lite0", weights="imagenet", layers=(),
-                 n_clusters: int = 2, seed: int = 0, batch_size: int = 16, features_from: str = ""):
+    checks = {"n_clusters": "positive"}
+    aliases = {"kmeans_clusters": "n_clusters"}  # the flat config.yaml name before 2026-12
+
+    def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                 layers: tuple[str, ...] = (), n_clusters: int = 2, seed: int = 0, batch_size: int = 16,
+                 features_from: str = ""):
         super().__init__(input_shape, backbone, weights, layers, seed, batch_size)
         self.n_clusters, self.features_from = n_clusters, features_from
         if features_from:
             self.layers = ("latent",)
-
-    @classmethod
-    def from_train_config(cls, config) -> KMeansDetector:
-        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.kmeans_clusters,
-                   config.seed, features_from=config.features_from)
 
     @property
     def extractor(self):

@@ -46,6 +46,8 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
     methods = ("padim",)
     file_suffix = ".npz"
     finetune_defaults = {"method": "padim", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
+    checks = {"dims": "positive", "map_sigma": "non-negative"}
+    aliases = {"padim_dims": "dims"}  # the flat config.yaml name before 2026-12
 
     def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), dims: int = 100, map_sigma: float = 4.0, seed: int = 0,
@@ -56,11 +58,6 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
         self.backbone, self.weights = backbone, weights
         self.layers = tuple(layers) or backbone_spec(backbone).padim_layers
         self.dims, self.map_sigma, self.seed, self.batch_size = dims, map_sigma, seed, batch_size
-
-    @classmethod
-    def from_train_config(cls, config) -> PaDiMDetector:
-        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.padim_dims,
-                   config.map_sigma, config.seed)
 
     def _selected(self, x):
         return tf.gather(local_patches(self.extractor(x)), self.channels_, axis=-1)

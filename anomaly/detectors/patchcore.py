@@ -142,6 +142,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
     file_suffix = ".npz"
     finetune_defaults = {"method": "nn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
     reweight_neighbors = 9
+    checks = {"coreset_ratio": "fraction", "num_neighbors": "positive", "map_sigma": "non-negative"}
 
     def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), coreset_ratio: float = 0.002, num_neighbors: int = 1,
@@ -153,11 +154,6 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         self.layers = tuple(layers) or backbone_spec(backbone).patch_layers
         self.coreset_ratio, self.num_neighbors, self.reweight = coreset_ratio, num_neighbors, reweight
         self.map_sigma, self.seed, self.batch_size = map_sigma, seed, batch_size
-
-    @classmethod
-    def from_train_config(cls, config) -> PatchCoreDetector:
-        return cls(config.input_shape, config.backbone, config.weights, config.layer_names, config.coreset_ratio,
-                   config.num_neighbors, config.reweight, config.map_sigma, config.seed)
 
     def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
             progress: bool = False) -> PatchCoreDetector:

@@ -36,10 +36,6 @@ class PixelGaussianDetector(Detector):
         self.input_shape = tuple(input_shape)
         self.std_floor = std_floor
 
-    @classmethod
-    def from_train_config(cls, config) -> PixelGaussianDetector:
-        return cls(config.input_shape)
-
     def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
             progress: bool = False) -> PixelGaussianDetector:
         """Learn `mean_` and `std_` (H, W, C) from defect-free images in [0, 1]."""
