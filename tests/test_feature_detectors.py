@@ -104,13 +104,18 @@ def test_patchcore_bank_is_seeded_and_sized_by_the_ratio(demo_root, tmp_path):
     from anomaly.detectors.patchcore import PatchCoreDetector
 
     config = load_train_config({"data_dir": str(demo_root), "architecture": "patchcore", "input_size": 64,
-                                "coreset_ratio": 0.05})
+                                "coreset_ratio": 0.05, "min_bank_size": 10})
     images = read_images(sorted((demo_root / "train" / "good").glob("*.png")), "rgb", (64, 64))
     a = PatchCoreDetector.from_train_config(config).fit(images)
     b = PatchCoreDetector.from_train_config(config).fit(images)
     n_patches = len(images) * 16 * 16  # stride-4 grid of a 64 px image
     assert len(a.memory_bank_) == round(n_patches * 0.05)
     np.testing.assert_array_equal(a.memory_bank_, b.memory_bank_)
+    # A ratio that would keep fewer patches than min_bank_size keeps that many (or all).
+    config.params["min_bank_size"] = 1000
+    assert len(PatchCoreDetector.from_train_config(config).fit(images).memory_bank_) == 1000
+    config.params["min_bank_size"] = n_patches + 1
+    assert len(PatchCoreDetector.from_train_config(config).fit(images).memory_bank_) == n_patches
     # A training image's patches are in (or near) the bank; a flipped one is farther away.
     maps = a.anomaly_maps(np.concatenate([images[:2], images[:2, ::-1, ::-1]]))
     assert maps.shape == (4, 64, 64) and maps[:2].mean() < maps[2:].mean()
