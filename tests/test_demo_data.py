@@ -97,7 +97,7 @@ def test_apply_defect_changes_exactly_the_mask(texture):
     other = demo._load_texture(demo._PATCH_SOURCE[texture])
     for seed in range(8):
         rng = np.random.default_rng(seed)
-        clean = demo._random_crop(source, rng, (341, 512), 128)
+        clean = demo._random_crop(source, rng, [demo.TEST_ROWS], 128)
         for kind in DEFECTS:
             img, mask = apply_defect(clean, kind, rng, patch_source=other)
             assert img.dtype == np.uint8 and mask.dtype == bool and img.shape == mask.shape == clean.shape
@@ -204,15 +204,23 @@ def test_bad_arguments(tmp_path, kwargs):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_and_test_crops_come_from_separate_columns():
-    # left two thirds black, right third white: train crops must be all black, test crops all white
+def test_train_and_test_crops_come_from_separate_rows():
+    # the test band white, the rest black: train crops must be all black, test crops all white
     source = np.zeros((512, 512), dtype=np.uint8)
-    split = round(512 * demo.SPLIT_FRACTION)
-    source[:, split:] = 255
+    top, bottom = demo.TEST_ROWS
+    source[top:bottom] = 255
     rng = np.random.default_rng(0)
+    bands = set()
     for _ in range(50):
-        assert (demo._random_crop(source, rng, (0, split), 128) == 0).all()
-        assert (demo._random_crop(source, rng, (split, 512), 128) == 255).all()
+        crop = demo._random_crop(source, rng, [(0, top), (bottom, 512)], 128)
+        assert (crop == 0).all()
+        assert (demo._random_crop(source, rng, [(top, bottom)], 128) == 255).all()
+    # both train bands are used
+    source[:] = 0
+    source[:top] = 1
+    for _ in range(50):
+        bands.add(int(demo._random_crop(source, rng, [(0, top), (bottom, 512)], 128).max()))
+    assert bands == {0, 1}
 
 
 def test_overwrite_rebuilds_a_damaged_dataset(tmp_path):
