@@ -170,11 +170,14 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def canonical_detector_name(name: str) -> str:
-    """A detector name as registered, whatever its case ("PatchCore" -> "patchcore")."""
-    from anomaly.detectors import list_detectors
+    """A detector name as registered, whatever its case ("PatchCore" -> "patchcore"); raises
+    AnomalyError (with a "did you mean") for an unknown one. Needs no TensorFlow."""
+    from anomaly.detectors import declared_names
 
-    by_lower = {n.lower(): n for n in list_detectors()}
-    return by_lower.get(str(name).lower(), str(name))
+    by_lower = {n.lower(): n for n in declared_names()}
+    name = by_lower.get(str(name).lower(), str(name))
+    _choice("architecture", name, declared_names())
+    return name
 
 
 def read_yaml(path: Path | Traversable) -> dict[str, Any]:
@@ -292,14 +295,13 @@ def load_train_config(overrides: dict[str, Any], config_file: str | None = None)
             the YAML of a detector that reads a backbone (autoencoders and the pixel baseline
             run on their `__init__` defaults without one).
     """
-    from anomaly.detectors import detector_class, list_detectors
+    from anomaly.detectors import detector_class
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     default = read_yaml(_defaults_file("default.yaml"))
     user = read_yaml(Path(config_file)) if config_file else {}
     architecture = canonical_detector_name(overrides.get("architecture") or user.get("architecture")
                                            or default.get("architecture") or TrainConfig.architecture)
-    _choice("architecture", architecture, tuple(list_detectors()))
     config = TrainConfig(architecture=architecture)
     detector = detector_class(architecture)
     config.params = {name: p.default for name, p in detector.hyper_parameters().items()}

@@ -274,15 +274,23 @@ def test_commands_print_no_tensorflow_start_up_noise(demo_root, tmp_path):
     assert out.stdout.count("running on ") == 1
 
 
-def test_a_wrong_path_is_reported_before_tensorflow_loads(tmp_path):
+@pytest.mark.parametrize("architecture, error", [("patchcore", "dataset folder does not exist"),
+                                                 ("PatchCor", "did you mean patchcore?")])
+def test_a_wrong_path_or_detector_is_reported_before_tensorflow_loads(tmp_path, architecture, error):
     import subprocess
     import sys
 
     code = ("import sys\nfrom anomaly.cli.common import run\nfrom anomaly.cli.train import main\n"
-            "code = run(main, ['-d', sys.argv[1], '-a', 'patchcore'])\n"
+            "code = run(main, ['-d', sys.argv[1], '-a', sys.argv[2]])\n"
             "print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded')\n"
             "sys.exit(code)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nowhere")], capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).resolve().parents[1])
-    assert out.returncode == 2 and "dataset folder does not exist" in out.stderr
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nowhere"), architecture], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2 and error in out.stderr
     assert out.stdout.strip() == "tensorflow not loaded"
+
+
+def test_the_names_read_from_source_are_the_registry():
+    from anomaly.detectors import declared_names, list_detectors
+
+    assert sorted(declared_names()) == sorted(list_detectors())

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.architecture:
+        from anomaly.config import canonical_detector_name
+
+        args.architecture = canonical_detector_name(args.architecture)  # before TensorFlow loads, as -d
     if args.data_dir and not args.resume:
         # A wrong path is reported before TensorFlow loads (seconds on a busy machine).
         from anomaly.data.dataset import find_dataset, find_folder_dataset

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.resources
 import pkgutil
 
 from anomaly.detectors.base import REGISTRY, Detector, detector_class, register
 
 __all__ = ["Detector", "register", "detector_class", "list_detectors", "is_autoencoder", "uses_backbone",
-           "load_all"]
+           "load_all", "declared_names"]
 
 # Modules of this package that hold no detector.
 _HELPERS = {"base", "features"}
@@ -43,3 +44,30 @@ def is_autoencoder(name: str) -> bool:
 def uses_backbone(name: str) -> bool:
     """Whether a detector reads a pretrained backbone (`--backbone`)."""
     return name in list_detectors() and REGISTRY[name].uses_backbone
+
+
+@functools.cache
+def declared_names() -> tuple[str, ...]:
+    """The names the detector modules register, read from their source without importing them.
+
+    Importing a detector module loads TensorFlow (seconds, minutes on a busy machine); the
+    command line checks `-a` against these names first, so a typo is reported at once. A test
+    checks that they are exactly the registry's names.
+    """
+    import ast
+
+    names = []
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in _HELPERS:
+            continue
+        tree = ast.parse(importlib.resources.files(__name__).joinpath(f"{module.name}.py").read_text("utf-8"))
+        for node in tree.body:
+            registered = isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "register"
+                                                                for d in node.decorator_list)
+            if registered:
+                for statement in node.body:
+                    target = getattr(statement, "target", None) or (getattr(statement, "targets", None) or [None])[0]
+                    value = getattr(statement, "value", None)
+                    if getattr(target, "id", None) == "name" and isinstance(value, ast.Constant):
+                        names.append(value.value)
+    return tuple(names)
