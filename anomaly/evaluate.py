@@ -16,6 +16,7 @@ from anomaly.errors import AnomalyError
 from anomaly.finetune import LoadedModel, load_model
 from anomaly.metrics import aupro, classification_metrics, image_auroc, pixel_auroc
 from anomaly.postprocessing import PostProcessor
+from anomaly.progress import step as progress_step
 
 PREDICTION_FIELDS = ("image", "label", "defect_type", "score", "predicted", "used_for_finetune")
 
@@ -69,11 +70,12 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
     loaded.detector.anomaly_maps(read_images([test[0].path], loaded.config.color_mode, size), method, dtype)
     start = time.perf_counter()
     images = read_images([s.path for s in test], loaded.config.color_mode, size)
-    if save:
-        maps, recons = loaded.detector.anomaly_maps(images, method, dtype, return_reconstructions=True)
-    else:
-        maps, recons = loaded.detector.anomaly_maps(images, method, dtype), None
-    own = loaded.detector.image_scores(images) if pp.image_score == "detector" else None
+    with progress_step(f"testing {len(test)} images, maps {method}/{dtype}", len(test), enabled=progress):
+        if save:
+            maps, recons = loaded.detector.anomaly_maps(images, method, dtype, return_reconstructions=True)
+        else:
+            maps, recons = loaded.detector.anomaly_maps(images, method, dtype), None
+        own = loaded.detector.image_scores(images) if pp.image_score == "detector" else None
     decided = pp.apply(maps, own)
     seconds = time.perf_counter() - start
     maps, scores, predicted = decided.maps, decided.scores, decided.is_anomalous.astype(int)

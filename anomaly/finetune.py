@@ -26,6 +26,7 @@ from anomaly.errors import AnomalyError
 from anomaly.postprocessing import MIN_AREAS, MODES, SCORES, PostProcessor, normal_only_pair, search_pair, smooth_maps
 
 __all__ = ["LoadedModel", "load_model", "finetune", "MIN_AREAS", "MODES", "SCORES", "normal_only_pair", "search_pair"]
+from anomaly.progress import step as progress_step
 from anomaly.resmaps import check_method
 
 
@@ -46,11 +47,14 @@ class LoadedModel:
             raise AnomalyError(f"{self.dataset.root / missing[0]}: image listed in the model directory is missing")
         return [by_path[p] for p in relpaths]
 
-    def maps(self, samples: list[Sample], method: str, dtype: str, smooth: float = 0.0):
-        """(images, maps) of samples; maps Gaussian-smoothed with sigma `smooth` when > 0."""
+    def maps(self, samples: list[Sample], method: str, dtype: str, smooth: float = 0.0, show: str = ""):
+        """(images, maps) of samples; maps Gaussian-smoothed with sigma `smooth` when > 0; `show`
+        names the step for a progress bar ("" for none)."""
         size = self.config.image_size
         images = read_images([s.path for s in samples], self.config.color_mode, size)
-        return images, smooth_maps(self.detector.anomaly_maps(images, method, dtype), smooth)
+        with progress_step(f"{show}: {len(samples)} images", len(samples), enabled=bool(show)):
+            maps = self.detector.anomaly_maps(images, method, dtype)
+        return images, smooth_maps(maps, smooth)
 
 
 def load_model(path: str | Path, data_dir: str | Path | None = None) -> LoadedModel:
@@ -123,9 +127,11 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     cfg = loaded.config
     seed = cfg.seed if seed is None else seed
     val = loaded.samples(cfg.extra["split"]["validation"])
-    _, val_maps = loaded.maps(val, pp.method, dtype)
+    show = "maps of the validation images" if progress else ""
+    _, val_maps = loaded.maps(val, pp.method, dtype, show=show)
     if pp.normalize:
-        pp.fit_stats(loaded.maps(loaded.samples(cfg.extra["split"]["train"]), pp.method, dtype)[1])
+        train = loaded.samples(cfg.extra["split"]["train"])
+        pp.fit_stats(loaded.maps(train, pp.method, dtype, show=show and "maps of the training images")[1])
     subset = []
     if mode == "normal-only":
         if progress:
@@ -138,7 +144,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         if progress:
             print(f"finetuning on {len(val)} validation images and {len(subset)} test images "
                   f"({int(labels.sum())} defective), maps {pp.method}/{dtype}")
-        best, table = pp.fit(val_maps, mode, ft_maps=loaded.maps(subset, pp.method, dtype)[1], ft_labels=labels)
+        ft_maps = loaded.maps(subset, pp.method, dtype, show=show and "maps of the finetuning test images")[1]
+        best, table = pp.fit(val_maps, mode, ft_maps=ft_maps, ft_labels=labels)
     record = {"mode": mode, "score": best["balanced_accuracy"], "score_name": "balanced_accuracy",
               "tpr": best["tpr"], "tnr": best["tnr"], "target_fpr": target_fpr if mode == "normal-only" else None,
               "split": fraction if mode == "semi" else 0.0, "seed": seed, "model_file": loaded.model_file.name,

@@ -20,6 +20,7 @@ from anomaly.detectors import detector_class
 from anomaly.detectors.autoencoder import set_seed
 from anomaly.detectors.base import Detector, FitResult
 from anomaly.errors import AnomalyError
+from anomaly.progress import step as progress_step
 from anomaly.schedule import load_checkpoint_state
 
 N_INSPECT = 8
@@ -106,7 +107,10 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
 
     detector.checkpoint_dir, detector.resume = model_dir / "checkpoint", resume_dir is not None
     start = time.perf_counter()
-    detector.fit(train_x, val_x, progress=progress)
+    # Detectors that train for epochs show their own bars; the others one for the images.
+    with progress_step(f"fitting {config.architecture} on {len(train_x)} images", len(train_x),
+                       enabled=progress and not detector.trains_epochs):
+        detector.fit(train_x, val_x, progress=progress)
     record = detector.fit_record(time.perf_counter() - start)
     # An interrupted run still leaves its best model to use; resuming replaces it.
     model_file = detector.save(model_dir)

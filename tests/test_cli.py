@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from anomaly.cli import finetune as finetune_cli
 from anomaly.cli import test as test_cli
@@ -294,3 +295,19 @@ def test_the_names_read_from_source_are_the_registry():
     from anomaly.detectors import declared_names, list_detectors
 
     assert sorted(declared_names()) == sorted(list_detectors())
+
+
+def test_long_steps_show_progress_in_a_log(trained, demo_root, tmp_path, capsys):
+    """Not a terminal (pytest captures stdout): each step prints its label and one finished line
+    with the count and the rate; -q prints neither."""
+    model_dir = shutil.copytree(trained, tmp_path / "model")
+    assert finetune_cli.main(["-p", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    n_val = len(yaml.safe_load((model_dir / "config.yaml").read_text())["split"]["validation"])
+    assert f"maps of the validation images: {n_val} images" in out
+    assert f"{n_val}/{n_val}" in out and "/image" in out
+    assert test_cli.main(["-p", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "testing 10 images" in out and "10/10" in out  # 4 good + 3 x 2 defective
+    assert test_cli.main(["-p", str(model_dir), "-q"]) == 0
+    assert "/image" not in capsys.readouterr().out

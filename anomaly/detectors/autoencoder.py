@@ -17,6 +17,7 @@ from anomaly.detectors.base import Detector, FitResult, register
 from anomaly.errors import AnomalyError
 from anomaly.losses import LOSSES, MSSIM_MIN_SIZE, get_loss, get_metric
 from anomaly.models import build_model
+from anomaly.progress import advance as advance_progress
 from anomaly.resmaps import RESIDUALS, check_method, finish_map
 from anomaly.schedule import (
     MIN_FINDER_STEPS,
@@ -269,6 +270,7 @@ class AutoencoderDetector(Detector):
         for start in range(0, len(images), batch_size):
             y, residual = predict(tf.constant(images[start:start + batch_size]))
             maps.append(finish_map(residual, method, dtype))
+            advance_progress(len(maps[-1]))
             if return_reconstructions:
                 recons.append(y.numpy())
         maps = np.concatenate(maps) if maps else np.zeros((0, *self.input_shape[:2]), np.float32)

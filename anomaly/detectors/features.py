@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from anomaly.backbones import build_backbone
+from anomaly.progress import advance as advance_progress
 
 
 class FeatureExtractor:
@@ -122,6 +123,7 @@ def in_batches(fn: Callable, images: np.ndarray, batch_size: int) -> list[np.nda
         out = fn(tf.constant(images[start:start + batch_size], tf.float32))
         out = out if isinstance(out, (list, tuple)) else (out,)
         parts.append([o.numpy() for o in out])
+        advance_progress(len(parts[-1][0]))
     return [np.concatenate(p) for p in zip(*parts)]
 
 
