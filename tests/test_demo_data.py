@@ -97,7 +97,7 @@ def test_apply_defect_changes_exactly_the_mask(texture):
     other = demo._load_texture(demo._PATCH_SOURCE[texture])
     for seed in range(8):
         rng = np.random.default_rng(seed)
-        clean = demo._random_crop(source, rng, [demo.TEST_ROWS], 128)
+        clean = demo._panel(source, rng, 128)
         for kind in DEFECTS:
             img, mask = apply_defect(clean, kind, rng, patch_source=other)
             assert img.dtype == np.uint8 and mask.dtype == bool and img.shape == mask.shape == clean.shape
@@ -204,23 +204,24 @@ def test_bad_arguments(tmp_path, kwargs):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_and_test_crops_come_from_separate_rows():
-    # the test band white, the rest black: train crops must be all black, test crops all white
-    source = np.zeros((512, 512), dtype=np.uint8)
-    top, bottom = demo.TEST_ROWS
-    source[top:bottom] = 255
+def test_clean_images_are_the_panel_registered_within_the_jitter_and_brightness():
+    # a dark source with one bright pixel at the panel's centre: it shows up within JITTER of the
+    # crop's centre, at the centre's brightness scaled by at most BRIGHTNESS
+    source = np.full((512, 512), 100, dtype=np.uint8)
+    centre = (demo.PANEL[0] + demo.CROP // 2, demo.PANEL[1] + demo.CROP // 2)
+    source[centre] = 200
     rng = np.random.default_rng(0)
-    bands = set()
-    for _ in range(50):
-        crop = demo._random_crop(source, rng, [(0, top), (bottom, 512)], 128)
-        assert (crop == 0).all()
-        assert (demo._random_crop(source, rng, [(top, bottom)], 128) == 255).all()
-    # both train bands are used
-    source[:] = 0
-    source[:top] = 1
-    for _ in range(50):
-        bands.add(int(demo._random_crop(source, rng, [(0, top), (bottom, 512)], 128).max()))
-    assert bands == {0, 1}
+    shifts = set()
+    for _ in range(60):
+        crop = demo._panel(source, rng, demo.CROP)  # at source scale: no resizing
+        (r,), (c,) = np.nonzero(crop == crop.max())
+        shift = (demo.CROP // 2 - r, demo.CROP // 2 - c)
+        assert max(map(abs, shift)) <= demo.JITTER
+        shifts.add(shift)
+        factor = crop.max() / 200
+        assert 1 - demo.BRIGHTNESS - 0.01 <= factor <= 1 + demo.BRIGHTNESS + 0.01
+        assert abs(int(crop[0, 0]) - 100 * factor) <= 1
+    assert len(shifts) > 10  # the jitter does vary
 
 
 def test_overwrite_rebuilds_a_damaged_dataset(tmp_path):

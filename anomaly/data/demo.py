@@ -8,11 +8,11 @@
     root/<texture>/ground_truth/{scratch,blob,patch}/000_mask.png ...
     root/<texture>/demo.json
 
-Clean images are random crops of a 512x512 texture from ``skimage.data`` (test crops from the
-middle band of rows, ``TEST_ROWS``, train crops from the bands above and below it, so they do not
-overlap, and both see every part of the texture's perspective: the brick photograph's bricks lean
-one way on the left and the other way on the right, and shrink towards the top), turned by
-random multiples of 90 degrees and flipped, then resized to ``size`` x ``size``.
+Clean images imitate an inspection line, where a camera photographs the same product in the same
+place: each is the same ``CROP`` x ``CROP`` panel of a 512x512 texture from ``skimage.data``
+(at ``PANEL``), registered to within ``JITTER`` source pixels and lit within ``BRIGHTNESS``,
+then resized to ``size`` x ``size``. (Random crops of the whole texture, turned and flipped, were
+too varied for the demo's short training: a small CAE reconstructed them as a flat grey.)
 Defects are synthetic and their masks are exact: the mask is computed first, and the defect
 changes every masked pixel and no other pixel.  Every defect keeps at least
 ``BORDER`` pixels away from the image border.
@@ -38,12 +38,16 @@ DEFECTS = ("scratch", "blob", "patch")
 BORDER = 4
 #: Side of the square crop taken from the 512x512 source, in source pixels.
 CROP = 128
-#: The rows of the source test crops come from; train crops come from the rows above and below.
-TEST_ROWS = (192, 320)
+#: Top-left corner of the panel every clean image shows, in source pixels.
+PANEL = (192, 192)
+#: Clean images are shifted by up to this many source pixels in each direction ...
+JITTER = 3
+#: ... and their brightness is scaled by a factor in [1 - BRIGHTNESS, 1 + BRIGHTNESS].
+BRIGHTNESS = 0.1
 #: Smallest mean intensity difference between a defect and the clean image around it.
 MIN_CONTRAST = 60
 #: The bumped version of demo.json; an older one is not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 _MIN_SIZE = 32
 _MAX_SIZE = 1024
@@ -79,23 +83,11 @@ def _resize_u8(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _random_crop(source: np.ndarray, rng: np.random.Generator, row_bands: list[tuple[int, int]],
-                 size: int) -> np.ndarray:
-    """A CROP x CROP crop whose rows lie in one of ``row_bands`` (each at least CROP rows, chosen
-    in proportion to the crop positions it offers), randomly rotated/flipped, resized."""
-    positions = [hi - lo - CROP + 1 for lo, hi in row_bands]
-    r = int(rng.integers(0, sum(positions)))
-    for (lo, _), n in zip(row_bands, positions):
-        if r < n:
-            r += lo
-            break
-        r -= n
-    c = int(rng.integers(0, source.shape[1] - CROP + 1))
-    crop = source[r : r + CROP, c : c + CROP]
-    crop = np.rot90(crop, int(rng.integers(0, 4)))
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    return _resize_u8(np.ascontiguousarray(crop), size)
+def _panel(source: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """The ``PANEL`` crop, shifted by up to ``JITTER`` pixels, brightness-scaled, resized."""
+    r, c = (corner + int(rng.integers(-JITTER, JITTER + 1)) for corner in PANEL)
+    crop = source[r : r + CROP, c : c + CROP].astype(np.float64) * float(rng.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS))
+    return _resize_u8(np.clip(np.rint(crop), 0, 255).astype(np.uint8), size)
 
 
 # --------------------------------------------------------------------------- defects
@@ -311,8 +303,6 @@ def _build(folder: Path, params: dict) -> None:
     n_train, n_good, n_defect = params["n_train"], params["n_test_good"], params["n_test_defect"]
     rng = np.random.default_rng(params["seed"])
     source = _load_texture(texture)
-    test_rows = [TEST_ROWS]
-    train_rows = [(0, TEST_ROWS[0]), (TEST_ROWS[1], source.shape[0])]
     width = max(3, len(str(max(n_train, n_good, n_defect, 1) - 1)))
 
     # the foreign texture for "patch", at the same scale as the crops
@@ -324,12 +314,12 @@ def _build(folder: Path, params: dict) -> None:
     train_dir = folder / "train" / "good"
     train_dir.mkdir(parents=True)
     for i in range(n_train):
-        _save_png(train_dir / f"{i:0{width}d}.png", _random_crop(source, rng, train_rows, size))
+        _save_png(train_dir / f"{i:0{width}d}.png", _panel(source, rng, size))
 
     good_dir = folder / "test" / "good"
     good_dir.mkdir(parents=True)
     for i in range(n_good):
-        _save_png(good_dir / f"{i:0{width}d}.png", _random_crop(source, rng, test_rows, size))
+        _save_png(good_dir / f"{i:0{width}d}.png", _panel(source, rng, size))
 
     for kind in DEFECTS:
         img_dir = folder / "test" / kind
@@ -337,7 +327,7 @@ def _build(folder: Path, params: dict) -> None:
         img_dir.mkdir(parents=True)
         gt_dir.mkdir(parents=True)
         for i in range(n_defect):
-            clean = _random_crop(source, rng, test_rows, size)
+            clean = _panel(source, rng, size)
             image, mask = apply_defect(clean, kind, rng, patch_source=other)
             _save_png(img_dir / f"{i:0{width}d}.png", image)
             _save_png(gt_dir / f"{i:0{width}d}_mask.png", mask.astype(np.uint8) * 255)
