@@ -16,6 +16,7 @@ from anomaly.errors import AnomalyError
 from anomaly.finetune import LoadedModel, load_model
 from anomaly.metrics import aupro, classification_metrics, image_auroc, pixel_auroc
 from anomaly.postprocessing import PostProcessor
+from anomaly.progress import advance as advance_progress
 from anomaly.progress import step as progress_step
 
 PREDICTION_FIELDS = ("image", "label", "defect_type", "score", "predicted", "used_for_finetune")
@@ -109,22 +110,29 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
     with modeldir.replace_folder(target) as tmp:
         modeldir.write_text(tmp / modeldir.PREDICTIONS_FILE, _predictions_csv(rows))
         if save:
-            seg = decided.masks
-            vmax = float(np.quantile(maps, 0.999)) or None
-            for i, s in enumerate(test):
-                rel = Path(s.relpath)
-                (tmp / "maps" / rel.parent).mkdir(parents=True, exist_ok=True)
-                np.save(tmp / "maps" / rel.parent / f"{rel.name}.npy", maps[i].astype(np.float32))
-                title = (f"{s.relpath}  score {scores[i]:.4g}  predicted "
-                         f"{'defective' if predicted[i] else 'good'}  truth {'defective' if s.label else 'good'}")
-                # images/<defect>/<stem>.png: the test/ level would only repeat the folder's own name.
-                picture = tmp / "images" / Path(*rel.parts[1:-1]) / f"{rel.stem}.png"
-                plots.plot_result(images[i], maps[i], seg[i], picture, threshold=threshold,
-                                  reconstruction=None if recons is None else recons[i],
-                                  truth=None if masks is None else masks[i], title=title, vmax=vmax)
+            _save_pictures(tmp, test, images, maps, decided.masks, recons, masks, scores, predicted, threshold,
+                           progress)
         modeldir.write_json(tmp / modeldir.METRICS_FILE, metrics)
     metrics["dir"] = str(target)
     return metrics
+
+
+def _save_pictures(folder: Path, test, images, maps, seg, recons, masks, scores, predicted, threshold: float,
+                   progress: bool) -> None:
+    """maps/<relative path>.npy and images/<defect>/<stem>.png of every test image."""
+    vmax = float(np.quantile(maps, 0.999)) or None
+    with progress_step(f"saving maps and pictures of {len(test)} images", len(test), enabled=progress):
+        for i, s in enumerate(test):
+            rel = Path(s.relpath)
+            (folder / "maps" / rel.parent).mkdir(parents=True, exist_ok=True)
+            np.save(folder / "maps" / rel.parent / f"{rel.name}.npy", maps[i].astype(np.float32))
+            title = (f"{s.relpath}  score {scores[i]:.4g}  predicted "
+                     f"{'defective' if predicted[i] else 'good'}  truth {'defective' if s.label else 'good'}")
+            # images/<defect>/<stem>.png: the test/ level would only repeat the folder's own name.
+            plots.save_result(folder / "images" / Path(*rel.parts[1:-1]) / f"{rel.stem}.png", images[i], maps[i],
+                              seg[i], reconstruction=None if recons is None else recons[i],
+                              truth=None if masks is None else masks[i], title=title, vmax=vmax, threshold=threshold)
+            advance_progress(1)
 
 
 def evaluate(path: str | Path, save: bool = False, method: str | None = None, dtype: str | None = None,

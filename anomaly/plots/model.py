@@ -70,44 +70,6 @@ def plot_finetune(table: list[dict], best: dict, path: Path) -> None:
     save(fig, path)
 
 
-def plot_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray, path: Path,
-                reconstruction: np.ndarray | None = None, truth: np.ndarray | None = None,
-                title: str = "", vmax: float | None = None, threshold: float | None = None) -> None:
-    """One test image: input, reconstruction, heat-map overlay with its colour bar (the
-    threshold marked on it and outlined on the map) and the predicted mask (+ truth)."""
-    panels = [("input", image)]
-    if reconstruction is not None:
-        panels.append(("reconstruction", reconstruction))
-    fig, axes = plt.subplots(1, len(panels) + 2, figsize=(3.2 * (len(panels) + 2), 3.2))
-    for ax, (name, img) in zip(axes, panels):
-        arr, cmap = gray(img)
-        ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
-        ax.set_title(name)
-    arr, cmap = gray(image)
-    heat = axes[len(panels)]
-    heat.imshow(arr, cmap=cmap, vmin=0, vmax=1)
-    top = vmax or float(amap.max()) or 1.0
-    im = heat.imshow(amap, cmap="inferno", alpha=0.5, vmin=min(0.0, float(amap.min())), vmax=top)
-    bar = fig.colorbar(im, ax=heat, fraction=0.046, pad=0.02)
-    if threshold is not None:
-        bar.ax.axhline(threshold, color="cyan", lw=1.5)
-        if (amap > threshold).any():
-            heat.contour(amap > threshold, levels=[0.5], colors="cyan", linewidths=0.6)
-        heat.set_title(f"anomaly map (threshold {threshold:.3g})")
-    else:
-        heat.set_title("anomaly map")
-    seg = axes[len(panels) + 1]
-    seg.imshow(arr, cmap=cmap, vmin=0, vmax=1)
-    seg.imshow(np.ma.masked_where(~predicted, predicted), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
-    if truth is not None and truth.any():
-        seg.contour(truth, levels=[0.5], colors="cyan", linewidths=0.8)
-    seg.set_title("predicted (truth in cyan)" if truth is not None else "predicted")
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    save(fig, path)
-
-
 def plot_inspection(image: np.ndarray, reconstruction: np.ndarray, amap: np.ndarray, path: Path,
                     title: str = "") -> None:
     """Input, reconstruction and residual map of one image (train --inspect)."""
