@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -119,19 +121,26 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
 
 def _save_pictures(folder: Path, test, images, maps, seg, recons, masks, scores, predicted, threshold: float,
                    progress: bool) -> None:
-    """maps/<relative path>.npy and images/<defect>/<stem>.png of every test image."""
+    """maps/<relative path>.npy and images/<defect>/<stem>.png of every test image, drawn on a few
+    threads (NumPy and Pillow's PNG encoder release the GIL: about twice the rate on 2 cores)."""
     vmax = float(np.quantile(maps, 0.999)) or None
-    with progress_step(f"saving maps and pictures of {len(test)} images", len(test), enabled=progress):
-        for i, s in enumerate(test):
-            rel = Path(s.relpath)
-            (folder / "maps" / rel.parent).mkdir(parents=True, exist_ok=True)
-            np.save(folder / "maps" / rel.parent / f"{rel.name}.npy", maps[i].astype(np.float32))
-            title = (f"{s.relpath}  score {scores[i]:.4g}  predicted "
-                     f"{'defective' if predicted[i] else 'good'}  truth {'defective' if s.label else 'good'}")
-            # images/<defect>/<stem>.png: the test/ level would only repeat the folder's own name.
-            plots.save_result(folder / "images" / Path(*rel.parts[1:-1]) / f"{rel.stem}.png", images[i], maps[i],
-                              seg[i], reconstruction=None if recons is None else recons[i],
-                              truth=None if masks is None else masks[i], title=title, vmax=vmax, threshold=threshold)
+
+    def save_one(i: int) -> None:
+        s = test[i]
+        rel = Path(s.relpath)
+        (folder / "maps" / rel.parent).mkdir(parents=True, exist_ok=True)
+        np.save(folder / "maps" / rel.parent / f"{rel.name}.npy", maps[i].astype(np.float32))
+        title = (f"{s.relpath}  score {scores[i]:.4g}  predicted "
+                 f"{'defective' if predicted[i] else 'good'}  truth {'defective' if s.label else 'good'}")
+        # images/<defect>/<stem>.png: the test/ level would only repeat the folder's own name.
+        plots.save_result(folder / "images" / Path(*rel.parts[1:-1]) / f"{rel.stem}.png", images[i], maps[i],
+                          seg[i], reconstruction=None if recons is None else recons[i],
+                          truth=None if masks is None else masks[i], title=title, vmax=vmax, threshold=threshold)
+
+    with progress_step(f"saving maps and pictures of {len(test)} images", len(test), enabled=progress), \
+            ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for done in as_completed([pool.submit(save_one, i) for i in range(len(test))]):
+            done.result()  # a failure is raised here, in the caller's thread
             advance_progress(1)
 
 
