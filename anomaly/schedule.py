@@ -29,6 +29,8 @@ BETA_HIGH, BETA_LOW = 0.95, 0.85
 ANNIHILATION = 1000.0
 MIN_LR = 1e-7
 MIN_FINDER_STEPS = 100
+# Steps the range test runs before it judges its pace against a deadline.
+_PACE_STEPS = 5
 SKIP_FIRST = 10
 
 
@@ -105,7 +107,7 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
                        start: float = 1e-5, end: float = 10.0, epochs: int = 10,
                        stop_factor: float = 6.0, decrease_factor: float = 0.85,
                        jit_compile: bool = False, progress: bool = True,
-                       max_steps: int | None = None) -> LRFinderResult:
+                       max_steps: int | None = None, deadline: float | None = None) -> LRFinderResult:
     """Run the learning-rate range test, then restore the model's weights.
 
     Args:
@@ -122,6 +124,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
         progress: show a progress bar.
         max_steps: the most batches to run whatever the above (a short training run gets a
             range test no longer than itself).
+        deadline: a `time.perf_counter()` value by which the test must end: after a few steps
+            have shown the pace, the sweep is shortened (still from `start` to `end`) to fit.
 
     Returns:
         The curve and the chosen learning rate.
@@ -138,9 +142,26 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
     lrs, smoothed = [], []
     avg, best, lr = 0.0, math.inf, start
     reason = f"reached {epochs} epochs"
+    traced = 0.0
     for i, (x, y) in enumerate(dataset.take(total)):
+        if i >= total:  # the sweep was shortened to fit the deadline
+            break
         optimizer.learning_rate.assign(lr)
         loss = float(step(x, y))
+        if deadline is not None:
+            now = time.perf_counter()
+            if i == 0:
+                traced = now  # the first step pays for tracing; the pace is measured after it
+            elif i == _PACE_STEPS:
+                fits = int((deadline - now) / ((now - traced) / i))
+                if i + 1 + fits < total:
+                    total = max(i + 2, i + 1 + fits)
+                    mult = (end / lr) ** (1.0 / (total - i - 1))
+                    bar.target = total
+                    reason = f"shortened to {total} steps by the time budget"
+            if now > deadline:
+                reason = "the time budget ran out"
+                break
         if not math.isfinite(loss):
             reason = f"loss became {loss} at lr {lr:.3g}"
             break
@@ -297,24 +318,42 @@ class PatienceAndCheckpoint(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop training when the next epoch would end after a deadline.
+    """Stop training so that it ends by a deadline.
 
-    The next epoch is expected to take as long as the slowest so far, so training ends at or
-    before the deadline instead of one epoch past it.
+    Between epochs: stop when the next epoch, expected as long as the slowest so far, would end
+    after it. Within an epoch (a first epoch longer than the whole budget): stop when the next
+    batch and the validation after it (`reserve_batches` more batches) would end after it.
 
     Args:
         deadline: the `time.perf_counter()` value by which training must end.
+        reserve_batches: batches' worth of time kept for the validation that follows a stop.
     """
 
-    def __init__(self, deadline: float):
+    def __init__(self, deadline: float, reserve_batches: int = 1):
         super().__init__()
         self.deadline = deadline
+        self.reserve_batches = reserve_batches
         self.longest = 0.0
+        self.longest_batch = 0.0
         self.stopped = False
         self._epoch_start = 0.0
+        self._batch_start = 0.0
+        self._batches = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self._batches += 1
+        if self._batches > 1:  # the first batch pays for tracing
+            self.longest_batch = max(self.longest_batch, now - self._batch_start)
+        if now + self.longest_batch * (1 + self.reserve_batches) > self.deadline:
+            self.stopped = True
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()

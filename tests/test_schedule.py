@@ -113,3 +113,39 @@ def test_the_range_test_is_never_longer_than_the_training_it_serves(demo_root):
     steps = 2  # 12 images in batches of 8
     assert finder is not None and 1 <= len(finder.lrs) <= 3 * steps
     assert np.isfinite(detector.fit_result_.lr)
+
+
+def test_the_time_budget_stops_within_an_epoch_that_would_overrun_it():
+    """A first epoch longer than the whole budget is cut after the batch that reaches it."""
+    import time
+    import types
+
+    from anomaly.schedule import TimeBudget
+
+    start = time.perf_counter()
+    budget = TimeBudget(start + 0.1, reserve_batches=1)
+    budget.set_model(types.SimpleNamespace(stop_training=False))
+    budget.on_epoch_begin(0)
+    for batch in range(100):  # an epoch of 100 batches of 10 ms: 1 s, ten times the budget
+        budget.on_train_batch_begin(batch)
+        time.sleep(0.01)
+        budget.on_train_batch_end(batch)
+        if budget.model.stop_training:
+            break
+    assert budget.stopped and batch < 12
+    # it left room for the batch and the validation it reserves
+    assert time.perf_counter() - start <= 0.1
+
+
+def test_the_range_test_takes_only_its_share_of_a_time_budget(demo_root):
+    from anomaly.data.io import read_images
+    from anomaly.detectors.autoencoder import FINDER_SHARE, MvtecCAE
+
+    paths = sorted((demo_root / "train" / "good").glob("*.png"))
+    images = read_images(paths, "grayscale", (64, 64))
+    detector = MvtecCAE(input_shape=(64, 64, 1), epochs=1000, batch_size=8, max_minutes=0.05)
+    detector.fit(images[:12], images[12:])
+    result = detector.fit_result_
+    # without the budget the range test runs 100 steps; 3 s x FINDER_SHARE hold far fewer
+    assert FINDER_SHARE < 1 and len(result.lr_finder.lrs) < 100 and "time budget" in result.lr_finder.stop_reason
+    assert result.out_of_time and len(result.history) >= 1 and np.isfinite(result.lr)

@@ -37,6 +37,9 @@ def set_seed(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+# The share of a --max-minutes budget the learning-rate range test may use.
+FINDER_SHARE = 0.25
+
 class _RecordLR(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -152,6 +155,7 @@ class AutoencoderDetector(Detector):
         if cfg.precision == "mixed_bfloat16":
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         start = time.perf_counter()
+        deadline = None if cfg.max_minutes is None else start + cfg.max_minutes * 60.0
         loss_fn = get_loss(cfg.loss)
         aug = Augmentation(cfg.rotation, cfg.shift, cfg.brightness)
         steps = steps_per_epoch(len(train_images), cfg.batch_size)
@@ -168,15 +172,18 @@ class AutoencoderDetector(Detector):
             finder_epochs = min(cfg.lr_finder_epochs, cfg.epochs)
             max_steps = cfg.epochs * steps
             if progress:
+                share = ("" if deadline is None
+                         else f", at most {FINDER_SHARE * cfg.max_minutes * 60:.0f} s of the budget")
                 print(f"learning-rate range test: up to {min(max(finder_epochs * steps, MIN_FINDER_STEPS), max_steps)} "
-                      f"steps (training: up to {max_steps} steps)")
+                      f"steps (training: up to {max_steps} steps{share})")
             probe = training_dataset(train_images, cfg.batch_size, cfg.seed + 1, aug,
                                      epochs=finder_epochs + math.ceil(MIN_FINDER_STEPS / steps))
             finder = find_learning_rate(
                 self.model, loss_fn, probe, steps, start=cfg.lr_finder_start, end=cfg.lr_finder_end,
                 epochs=finder_epochs, stop_factor=cfg.lr_finder_stop_factor,
                 decrease_factor=cfg.lr_decrease_factor, jit_compile=cfg.jit_compile, progress=progress,
-                max_steps=max_steps)
+                max_steps=max_steps,
+                deadline=None if deadline is None else start + FINDER_SHARE * (deadline - start))
             lr = finder.lr_opt
             if progress:
                 print(f"learning-rate finder: {finder.stop_reason}; chosen lr {lr:.3g}")
@@ -197,8 +204,8 @@ class AutoencoderDetector(Detector):
         recorder = _RecordLR()
         callbacks = [schedule, keeper, recorder]
         budget = None
-        if cfg.max_minutes is not None:
-            budget = TimeBudget(start + cfg.max_minutes * 60.0)
+        if deadline is not None:
+            budget = TimeBudget(deadline, reserve_batches=steps_per_epoch(len(val_images), cfg.batch_size))
             callbacks.append(budget)
         train_ds = training_dataset(train_images, cfg.batch_size, cfg.seed, aug, first_epoch, cfg.epochs)
         val_ds = evaluation_dataset(val_images, cfg.batch_size)
