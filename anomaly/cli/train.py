@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="images per training batch, or per "
                    "forward pass of a feature detector (default 8; some detectors' YAML sets their own)")
     p.add_argument("-e", "--epochs", type=int, help="most epochs to train (default 1024; early stopping ends sooner)")
-    p.add_argument("--max-minutes", type=float, help="autoencoders: training time budget in minutes, learning-rate "
-                   "finder included (default none); training ends after the last epoch that fits")
+    p.add_argument("--max-minutes", type=float, help="autoencoders: a bound on the training time in minutes, "
+                   "learning-rate range test (a quarter of it) included (default none); the best weights are kept")
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
     p.add_argument("--lr-finder-epochs", type=int, help="most epochs of the learning-rate finder (default 10)")
