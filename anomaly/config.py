@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly.errors import AnomalyError
-from anomaly.modeldir import read_yaml_mapping
+from anomaly.modeldir import CONFIG_FILE, read_config, read_yaml_mapping
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -302,9 +302,8 @@ def load_train_config(overrides: dict[str, Any], config_file: str | None = None)
     user = read_yaml(Path(config_file)) if config_file else {}
     architecture = canonical_detector_name(overrides.get("architecture") or user.get("architecture")
                                            or default.get("architecture") or TrainConfig.architecture)
-    config = TrainConfig(architecture=architecture)
     detector = detector_class(architecture)
-    config.params = {name: p.default for name, p in detector.hyper_parameters().items()}
+    config = TrainConfig(architecture=architecture, params=detector.default_hyper_parameters())
     layers = [(str(CONFIG_DIR / "default.yaml"), default)]
     detector_defaults = _architecture_defaults(detector)
     if detector_defaults is not None:
@@ -338,7 +337,11 @@ def config_from_dict(values: dict[str, Any], source: str = "config.yaml") -> Tra
     from anomaly.detectors import detector_class
 
     architecture = canonical_detector_name(values.get("architecture") or TrainConfig.architecture)
-    config = TrainConfig(architecture=architecture)
-    config.params = {name: p.default for name, p in detector_class(architecture).hyper_parameters().items()}
+    config = TrainConfig(architecture=architecture, params=detector_class(architecture).default_hyper_parameters())
     _apply(config, {k: v for k, v in values.items() if k not in ("params", "extra")}, source, strict=False)
     return config
+
+
+def saved_config(model_dir: str | Path) -> TrainConfig:
+    """The configuration saved in a model directory's config.yaml (its errors name that file)."""
+    return config_from_dict(read_config(Path(model_dir)), str(Path(model_dir) / CONFIG_FILE))

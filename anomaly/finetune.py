@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly import modeldir, plots
-from anomaly.config import TrainConfig, config_from_dict
+from anomaly.config import TrainConfig, saved_config
 from anomaly.data.dataset import Dataset, Sample, finetune_split
 from anomaly.data.io import read_images
 from anomaly.detectors.base import Detector
@@ -65,7 +65,7 @@ def load_model(path: str | Path, data_dir: str | Path | None = None) -> LoadedMo
         data_dir: the dataset's folder when it is no longer where training found it.
     """
     model_dir, model_file = modeldir.resolve(path)
-    config = config_from_dict(modeldir.read_config(model_dir), str(Path(model_dir) / modeldir.CONFIG_FILE))
+    config = saved_config(model_dir)
     try:
         config.validate()
     except AnomalyError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly import __version__, modeldir, plots
-from anomaly.config import TrainConfig, config_from_dict
+from anomaly.config import TrainConfig, saved_config
 from anomaly.data.dataset import Dataset, validation_split
 from anomaly.data.io import read_images
 from anomaly.detectors import detector_class
@@ -150,4 +150,4 @@ def resume_config(model_dir: Path) -> TrainConfig:
     state = load_checkpoint_state(model_dir / "checkpoint")
     if state.get("finished"):
         raise AnomalyError(f"--resume {model_dir}: training already finished")
-    return config_from_dict(modeldir.read_config(model_dir), str(Path(model_dir) / modeldir.CONFIG_FILE)).validate()
+    return saved_config(model_dir).validate()

@@ -33,7 +33,7 @@ def init_defaults(architecture: str = "mvtecCAE") -> dict:
     """A detector's hyper-parameters as its `__init__` defaults them."""
     from anomaly.detectors import detector_class
 
-    return {name: p.default for name, p in detector_class(architecture).hyper_parameters().items()}
+    return detector_class(architecture).default_hyper_parameters()
 
 
 def assert_one_line(exc: pytest.ExceptionInfo, *parts: str) -> None:

@@ -62,12 +62,11 @@ def declared_names() -> tuple[str, ...]:
             continue
         tree = ast.parse(importlib.resources.files(__name__).joinpath(f"{module.name}.py").read_text("utf-8"))
         for node in tree.body:
-            registered = isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "register"
-                                                                for d in node.decorator_list)
-            if registered:
-                for statement in node.body:
-                    target = getattr(statement, "target", None) or (getattr(statement, "targets", None) or [None])[0]
-                    value = getattr(statement, "value", None)
-                    if getattr(target, "id", None) == "name" and isinstance(value, ast.Constant):
-                        names.append(value.value)
+            if not (isinstance(node, ast.ClassDef)
+                    and any(getattr(d, "id", None) == "register" for d in node.decorator_list)):
+                continue
+            for statement in node.body:  # `name = "..."` (a ClassVar annotation is not used here)
+                if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
+                        and any(getattr(t, "id", None) == "name" for t in statement.targets)):
+                    names.append(statement.value.value)
     return tuple(names)

@@ -154,6 +154,11 @@ class Detector(ABC):
         return {name: params[name] for name in cls._param_names() if name not in RUN_OPTIONS}
 
     @classmethod
+    def default_hyper_parameters(cls) -> dict[str, Any]:
+        """Its hyper-parameters as `__init__` defaults them."""
+        return {name: param.default for name, param in cls.hyper_parameters().items()}
+
+    @classmethod
     def defaults_name(cls) -> str:
         """The file name of its YAML defaults in `anomaly.configs`."""
         return cls.defaults_file or f"{cls.name}.yaml"
@@ -312,9 +317,9 @@ class Detector(ABC):
                 raise AnomalyError(f"{spec_file}: expected 'config' to be a mapping")
             detector = cls.from_config({k: _from_plain(v) for k, v in config.items()})
         else:
-            from anomaly.config import config_from_dict
+            from anomaly.config import saved_config
 
-            train_config = config_from_dict(modeldir.read_config(directory), str(directory / modeldir.CONFIG_FILE))
+            train_config = saved_config(directory)
             detector = detector_class(train_config.architecture).from_train_config(train_config)
         path = Path(model_file) if model_file else detector._state_file(directory)
         if not path.is_file():
