@@ -15,7 +15,7 @@ import numpy as np
 from anomaly import __version__, modeldir, plots
 from anomaly.config import TrainConfig, saved_config
 from anomaly.data.dataset import Dataset, validation_split
-from anomaly.data.io import read_images
+from anomaly.data.io import ImageFiles, read_images
 from anomaly.detectors import detector_class
 from anomaly.detectors.autoencoder import set_seed
 from anomaly.detectors.base import Detector, FitResult
@@ -53,8 +53,9 @@ def load_split(dataset: Dataset, config: TrainConfig):
         raise AnomalyError(f"{dataset.root / 'train' / 'good'}: need at least 2 images "
                            f"(one is held out for validation), found {len(dataset.train)}")
     size = config.image_size
-    return (train, val, read_images([s.path for s in train], config.color_mode, size),
-            read_images([s.path for s in val], config.color_mode, size))
+    # Files, read when the detector asks: a large training set is streamed, never held at once.
+    return (train, val, ImageFiles([s.path for s in train], config.color_mode, size),
+            ImageFiles([s.path for s in val], config.color_mode, size))
 
 
 def _history_csv(history: list[dict]) -> str:

@@ -100,7 +100,8 @@ def test_bad_output_dir_is_one_line_before_any_work(demo_root, tmp_path, capsys,
     def no_reading(*args, **kwargs):
         raise AssertionError("images were read before -o was checked")
 
-    monkeypatch.setattr("anomaly.train.read_images", no_reading)
+    monkeypatch.setattr("anomaly.data.io.read_images", no_reading)
+    monkeypatch.setattr("anomaly.data.io.read_image", no_reading)
     assert run(train_cli.main, train_args(demo_root, out, "-a", "pixel-gaussian")) == 2
     assert "-o" in _one_line_error(capsys)
     assert blocker.read_text() == "a user's file"

@@ -143,3 +143,81 @@ def read_images(paths: list[Path], color_mode: str, size: tuple[int, int],
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(_load, range(len(paths))))
     return out
+
+
+# Training images up to this many bytes (as float32) are read into memory once; a larger set is
+# read from its files batch by batch, so memory stays flat however many images there are.
+IN_MEMORY_BYTES = 1 << 30
+
+
+class ImageFiles:
+    """Image files as a read-only, lazily read float32 (N, H, W, C) array.
+
+    Indexing with an integer reads one image, with a slice or an index array a stack; the whole
+    set is read only when converted with `np.asarray` (see `materialise`). Detectors iterate it
+    in batches, so a training set of thousands of images never has to fit in memory.
+
+    Args:
+        paths: the image files, in order.
+        color_mode: "grayscale" or "rgb".
+        size: (height, width) every image is resized to.
+        workers: decoding threads per batch.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 4
+
+    def __init__(self, paths: list[Path], color_mode: str, size: tuple[int, int], workers: int = 4):
+        if color_mode not in COLOR_MODES:
+            raise AnomalyError(f"unknown colour mode '{color_mode}': expected one of {', '.join(COLOR_MODES)}")
+        self.paths = [Path(p) for p in paths]
+        self.color_mode, self.size, self.workers = color_mode, tuple(size), workers
+        self.shape = (len(self.paths), *self.size, 1 if color_mode == "grayscale" else 3)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return read_image(self.paths[key], self.color_mode, self.size)
+        picked = self.paths[key] if isinstance(key, slice) else [self.paths[i] for i in np.asarray(key).ravel()]
+        return read_images(picked, self.color_mode, self.size, self.workers)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images = read_images(self.paths, self.color_mode, self.size, self.workers)
+        return images if dtype is None else images.astype(dtype, copy=False)
+
+    def __iter__(self):
+        for batch in self.batches(32):
+            yield from batch
+
+    def batches(self, batch_size: int):
+        """Consecutive stacks of `batch_size` images; the next one is decoded while this one is used."""
+        starts = range(0, len(self), batch_size)
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = reader.submit(self.__getitem__, slice(0, batch_size)) if starts else None
+            for start in starts:
+                batch = pending.result()
+                nxt = start + batch_size
+                pending = reader.submit(self.__getitem__, slice(nxt, nxt + batch_size)) if nxt < len(self) else None
+                yield batch
+
+
+def materialise(images, limit: int = IN_MEMORY_BYTES):
+    """`images` as one in-memory array when an `ImageFiles` set is at most `limit` bytes; else as is."""
+    if isinstance(images, ImageFiles) and images.nbytes <= limit:
+        return np.asarray(images)
+    return images
+
+
+def batches(images, batch_size: int):
+    """Consecutive stacks of at most `batch_size` images of an array or an `ImageFiles`."""
+    if isinstance(images, ImageFiles):
+        yield from images.batches(batch_size)
+        return
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size]

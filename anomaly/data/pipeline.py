@@ -1,6 +1,7 @@
 """`tf.data` pipelines over images held in memory, with seeded, stateless augmentation.
 
-Images are decoded once and kept as one tensor, so epochs never touch the disk. Shuffling and
+Images are decoded once and kept as one tensor, so epochs never touch the disk, unless they are
+an `ImageFiles` set too large for memory: then each batch is read from its files. Shuffling and
 augmentation draw from stateless random ops keyed by (seed, epoch, batch), so a run is
 repeatable and a resumed run sees exactly the batches it would have seen without interruption.
 """
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+
+from anomaly.data.io import ImageFiles
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def training_dataset(images: np.ndarray, batch_size: int, seed: int, aug: Augmen
 
     Each epoch is a seeded permutation of all images cut into `steps_per_epoch` batches.
     """
-    data = tf.constant(images)
+    gather = _gatherer(images)
     n = len(images)
     steps = steps_per_epoch(n, batch_size)
 
@@ -88,7 +91,7 @@ def training_dataset(images: np.ndarray, batch_size: int, seed: int, aug: Augmen
         return batches.enumerate().map(lambda step, idx: (epoch * steps + step, idx))
 
     def load(step, idx):
-        x = tf.gather(data, idx)
+        x = gather(idx)
         if aug is not None:
             x = augment(x, tf.stack([tf.constant(seed, tf.int64) + 7919, step]), aug)
         return x, x
@@ -97,7 +100,30 @@ def training_dataset(images: np.ndarray, batch_size: int, seed: int, aug: Augmen
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def evaluation_dataset(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
+def evaluation_dataset(images, batch_size: int) -> tf.data.Dataset:
     """Batches (x, x) in order, without augmentation, for validation and prediction."""
-    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    if isinstance(images, ImageFiles):
+        gather = _gatherer(images)
+        ds = tf.data.Dataset.range(len(images)).batch(batch_size).map(gather, deterministic=True)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     return ds.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
+
+
+def _gatherer(images):
+    """A function from an int64 index vector to the (n, H, W, C) float32 images it names.
+
+    Images in memory become one constant tensor; an `ImageFiles` set is read from its files per
+    batch (the same pixels, so the same training), keeping memory flat for any number of images.
+    """
+    if not isinstance(images, ImageFiles):
+        data = tf.constant(images)
+        return lambda idx: tf.gather(data, idx)
+    shape = images.shape[1:]
+
+    def gather(idx):
+        x = tf.numpy_function(lambda i: images[i], [idx], tf.float32, stateful=False)
+        x.set_shape((None, *shape))
+        return x
+
+    return gather

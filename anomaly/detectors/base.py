@@ -232,10 +232,17 @@ class Detector(ABC):
 
         Args:
             images: (N, H, W, C) or (N, H, W) arrays, or one (H, W, C) or (H, W) image; uint8,
-                uint16 or float in [0, 1].
+                uint16 or float in [0, 1]; or an `anomaly.data.io.ImageFiles` at the input shape,
+                read into memory when it is small (`materialise`), else returned as is.
         """
-        from anomaly.data.io import conform
+        from anomaly.data.io import ImageFiles, conform, materialise
 
+        if isinstance(images, ImageFiles):
+            if images.shape[1:] != tuple(self.input_shape):
+                raise AnomalyError(f"images are read as {images.shape[1:]}, the detector takes {self.input_shape}",
+                                   "images")
+            # A large set stays on disk and is read batch by batch by the detectors that stream.
+            return materialise(images)
         images = np.asarray(images)
         if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
             images = images[None]  # one image

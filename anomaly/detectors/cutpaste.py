@@ -35,11 +35,12 @@ from keras import layers
 from anomaly.arrays import load_npz
 from anomaly.data.synthetic import CUTPASTE, NORMAL, SCAR, pretext_sample
 from anomaly.detectors.base import Detector, register
-from anomaly.detectors.features import in_batches, local_patches, to_full_map
+from anomaly.detectors.features import batch_outputs, in_batches, local_patches, sample_rows, to_full_map
 from anomaly.errors import AnomalyError
 
 N_CLASSES = 3
 CLASS_NAMES = {NORMAL: "normal", CUTPASTE: "cutpaste", SCAR: "scar"}
+DENSITY_SAMPLE = 50_000  # patch or dense features the Gaussians of the maps are fitted on, at most
 
 
 def cutpaste_network(backbone: keras.Model, preprocess, input_shape, hidden=(512, 512), embedding_dim: int = 128):
@@ -221,22 +222,21 @@ class CutPasteDetector(Detector):
         emb = self.embed(images)
         self.image_mean_, self.image_precision_ = fit_gaussian(emb)
         self.train_embeddings_ = emb.astype(np.float32)
-        patches = self.patch_embeddings(images)
-        flat = patches.reshape(-1, patches.shape[-1])
-        if len(flat) > 50_000:  # the covariance of 128 dims needs far fewer; keeps memory bounded
-            flat = flat[np.random.default_rng(self.seed).choice(len(flat), 50_000, replace=False)]
-        self.patch_mean_, self.patch_precision_ = fit_gaussian(flat)
-        dense = self._dense_features(images)
-        flat = dense.reshape(-1, dense.shape[-1])
-        if len(flat) > 50_000:
-            flat = flat[np.random.default_rng(self.seed).choice(len(flat), 50_000, replace=False)]
-        self.dense_mean_, self.dense_precision_ = fit_gaussian(flat)
+        # The covariance of 128 (or D) dims needs far fewer than all patches: a seeded sample of
+        # DENSITY_SAMPLE, drawn as the features stream past, keeps memory bounded.
+        for prefix, (fn, batch_size) in {"patch": self._patch_run(), "dense": self._dense_run()}.items():
+            grid = self._traced(prefix, fn)(tf.zeros((1, *self.input_shape), tf.float32)).shape[1:3]
+            total = len(images) * int(grid[0]) * int(grid[1])
+            batches = (out for (out,) in batch_outputs(self._traced(prefix, fn), images, batch_size))
+            mean, precision = fit_gaussian(sample_rows(batches, total, DENSITY_SAMPLE, self.seed))
+            setattr(self, f"{prefix}_mean_", mean)
+            setattr(self, f"{prefix}_precision_", precision)
 
     # ------------------------------------------------------------------ inference
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, 128) embeddings of whole images."""
-        return in_batches(self._traced("embed", self._embed_batch), np.asarray(images, np.float32), batch_size)[0]
+        return in_batches(self._traced("embed", self._embed_batch), images, batch_size)[0]
 
     def _traced(self, name: str, fn):
         """`fn` (image batch -> tensor) traced once, for every batch size."""
@@ -258,6 +258,11 @@ class CutPasteDetector(Detector):
 
     def patch_embeddings(self, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
         """(N, gh, gw, 128) embeddings of the patches (upsampled to `patch_input` px)."""
+        fn, _ = self._patch_run()
+        return in_batches(self._traced("patch", fn), images, batch_size)[0]
+
+    def _patch_run(self):
+        """The batch function of `patch_embeddings` and its batch size."""
         def run(x):
             patches, grid = self._patches(x)
             patches = tf.image.resize(patches, (self.patch_input,) * 2, method="nearest")
@@ -265,7 +270,7 @@ class CutPasteDetector(Detector):
             return tf.reshape(emb, (tf.shape(x)[0], grid[0], grid[1], -1))
 
         self.patch_network_  # noqa: B018 - built eagerly: its weights are copied, which a trace cannot do
-        return in_batches(self._traced("patch", run), np.asarray(images, np.float32), batch_size)[0]
+        return run, 4
 
     @property
     def patch_network_(self) -> keras.Model:
@@ -286,14 +291,18 @@ class CutPasteDetector(Detector):
 
     def _dense_features(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """(N, h, w, D) local features of the fine-tuned backbone at its PatchCore layers."""
+        fn, _ = self._dense_run()
+        return in_batches(self._traced("dense", fn), images, batch_size)[0]
+
+    def _dense_run(self):
+        """The batch function of `_dense_features` and its batch size."""
         from anomaly.backbones import backbone_spec
 
         if "_dense_net" not in self.__dict__:
             names = backbone_spec(self.backbone).patch_layers
             self.__dict__["_dense_net"] = keras.Model(
                 self._backbone_model.input, [self._backbone_model.get_layer(n).output for n in names])
-
-        return in_batches(self._traced("dense", self._dense_batch), np.asarray(images, np.float32), batch_size)[0]
+        return self._dense_batch, 8
 
     def _dense_batch(self, x):
         out = self.__dict__["_dense_net"](self._to_rgb_input(x), training=False)
@@ -310,7 +319,7 @@ class CutPasteDetector(Detector):
             squared = tf.reduce_sum(tf.linalg.matmul(d, precision) * d, axis=-1)
             return tf.sqrt(tf.maximum(squared, 0.0))
 
-        return in_batches(self._traced("dense_scores", run), np.asarray(images, np.float32), batch_size)[0]
+        return in_batches(self._traced("dense_scores", run), images, batch_size)[0]
 
     def _gradcam(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """(N, h, w) Grad-CAM of the image Mahalanobis distance on the backbone's last feature map."""
@@ -333,7 +342,7 @@ class CutPasteDetector(Detector):
             weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
             return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
 
-        return in_batches(self._traced("gradcam", run), np.asarray(images, np.float32), batch_size)[0]
+        return in_batches(self._traced("gradcam", run), images, batch_size)[0]
 
     def image_scores(self, images: np.ndarray) -> np.ndarray:
         """(N,) anomaly scores of whole images: Mahalanobis distance (gde) or -log density (kde)."""

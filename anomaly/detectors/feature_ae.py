@@ -44,6 +44,10 @@ def feature_autoencoder(channels: int, latent_dim: int = 100) -> keras.Model:
     return keras.Model(inputs, outputs, name="feature_ae")
 
 
+# Most bytes of training features held at once: bottle's 209 images at 256 px (1.3 GB) all fit.
+FEATURE_BYTES = 3 << 29
+
+
 @register
 class FeatureAEDetector(BackboneDetectorMixin, Detector):
     """Feature autoencoder detector.
@@ -85,14 +89,19 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         images = self.prepare(train_images)
         validation = None if validation_images is None else self.prepare(validation_images)
 
-        x = self.patch_features(images)
+        h, w, channels = self.output_shape(self._local_patches)
+        # Every position of every image while their features fit in FEATURE_BYTES; beyond, the same
+        # seeded random positions of each image (the 1x1 convolutions see positions independently,
+        # so a (keep, 1) strip of positions trains them as a whole map does). Memory stays bounded.
+        keep = min(h * w, max(1, FEATURE_BYTES // (4 * channels * max(len(images), 1))))
+        x = self._position_sample(images, keep, self.seed)
         # Standardise channels so every layer's features weigh alike in the loss.
         self.mean_ = x.mean(axis=(0, 1, 2)).astype(np.float32)
         self.std_ = (x.std(axis=(0, 1, 2)) + 1e-6).astype(np.float32)
         x = (x - self.mean_) / self.std_
         val = None
         if validation is not None and len(validation):
-            v = (self.patch_features(validation) - self.mean_) / self.std_
+            v = (self._position_sample(validation, keep, self.seed + 1) - self.mean_) / self.std_
             val = (v, v)
         set_seed(self.seed)
         self.model_ = feature_autoencoder(x.shape[-1], self.latent_dim)
@@ -103,6 +112,20 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
                         callbacks=callbacks, shuffle=True, verbose=0)
         self.forget_traces()
         return self
+
+    def _position_sample(self, images, keep: int, seed: int) -> np.ndarray:
+        """(N, h, w, D) patch features, or (N, keep, 1, D): `keep` seeded random positions of each image."""
+        h, w, channels = self.output_shape(self._local_patches)
+        if keep >= h * w:
+            return self.patch_features(images)
+        rng = np.random.default_rng(seed)
+        out = np.empty((len(images), keep, 1, channels), np.float32)
+        start = 0
+        for batch in self.stream(self._local_patches, images):
+            for f in batch.reshape(len(batch), h * w, channels):
+                out[start, :, 0] = f[np.sort(rng.choice(h * w, keep, replace=False))]
+                start += 1
+        return out
 
     def summary(self) -> dict:
         return {"parameters": int(self.model_.count_params()), "feature_dim": int(len(self.mean_)),

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from anomaly.backbones import build_backbone
+from anomaly.data.io import batches
 from anomaly.progress import advance as advance_progress
 
 
@@ -116,15 +117,50 @@ def to_full_map(grid: tf.Tensor, size: tuple[int, int], sigma: float) -> tf.Tens
     return tf.transpose(tf.reshape(x, (-1, width, height)), [0, 2, 1])     # (N, H, W)
 
 
-def in_batches(fn: Callable, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Apply `fn` (images -> tensor or tuple of tensors) batch by batch; concatenated numpy outputs."""
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, len(images), batch_size):
-        out = fn(tf.constant(images[start:start + batch_size], tf.float32))
+def batch_outputs(fn: Callable, images, batch_size: int):
+    """Yield `fn` (images -> tensor or tuple of tensors) of consecutive batches, as numpy tuples.
+
+    `images` is an array or an `anomaly.data.io.ImageFiles`, read batch by batch: a detector that
+    consumes the outputs as they come holds one batch of features at a time.
+    """
+    for batch in batches(images, batch_size):
+        out = fn(tf.constant(np.asarray(batch, np.float32)))
         out = out if isinstance(out, (list, tuple)) else (out,)
-        parts.append([o.numpy() for o in out])
-        advance_progress(len(parts[-1][0]))
+        advance_progress(len(batch))
+        yield tuple(o.numpy() for o in out)
+
+
+def in_batches(fn: Callable, images, batch_size: int) -> list[np.ndarray]:
+    """Apply `fn` (images -> tensor or tuple of tensors) batch by batch; concatenated numpy outputs."""
+    parts = list(batch_outputs(fn, images, batch_size))
     return [np.concatenate(p) for p in zip(*parts)]
+
+
+def row_offsets(batches):
+    """(first row, rows) for each (n, ..., D) feature batch, flattened to (rows, D)."""
+    start = 0
+    for batch in batches:
+        rows = batch.reshape(-1, batch.shape[-1])
+        yield start, rows
+        start += len(rows)
+
+
+def sample_rows(batches, total: int, n: int, seed: int) -> np.ndarray:
+    """A seeded random sample of `n` of the `total` rows of streamed feature batches.
+
+    The rows are those `rng.choice(total, n, replace=False)` names, in that order, so the result
+    equals sampling the concatenated rows; only the sample is held. All rows when `total <= n`.
+    """
+    if total <= n:
+        return np.concatenate([rows for _, rows in row_offsets(batches)])
+    idx = np.random.default_rng(seed).choice(total, n, replace=False)
+    out = None
+    for start, rows in row_offsets(batches):
+        if out is None:
+            out = np.empty((n, rows.shape[1]), rows.dtype)
+        hit = (idx >= start) & (idx < start + len(rows))
+        out[hit] = rows[idx[hit] - start]
+    return out
 
 
 class BackboneDetectorMixin:
@@ -144,15 +180,29 @@ class BackboneDetectorMixin:
                                                self.seed)
         return self._extractor
 
-    def run_batched(self, fn: Callable, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """`fn` (a method: image batch -> tensor) over images in batches, traced once per method."""
+    def traced(self, fn: Callable) -> Callable:
+        """`fn` (a method: image batch -> tensor) as a tf.function, traced once per method."""
         self.extractor  # noqa: B018 - build (and load weights) eagerly, never inside a trace
         traced = self.__dict__.setdefault("_traced", {})
         if fn.__name__ not in traced:
             # A batch dimension of None: one trace serves every batch size, the last partial batch too.
             spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
             traced[fn.__name__] = tf.function(fn, input_signature=[spec])
-        return in_batches(traced[fn.__name__], np.asarray(images, np.float32), batch_size or self.batch_size)[0]
+        return traced[fn.__name__]
+
+    def run_batched(self, fn: Callable, images, batch_size: int | None = None) -> np.ndarray:
+        """`fn` (a method: image batch -> tensor) over images in batches, concatenated."""
+        return in_batches(self.traced(fn), images, batch_size or self.batch_size)[0]
+
+    def output_shape(self, fn: Callable) -> tuple[int, ...]:
+        """The shape of `fn`'s output for one image, less the batch (one blank image, not counted as progress)."""
+        blank = tf.zeros((1, *self.input_shape), tf.float32)
+        return tuple(int(d) for d in self.traced(fn)(blank).shape[1:])
+
+    def stream(self, fn: Callable, images, batch_size: int | None = None):
+        """Yield `fn` (a method: image batch -> tensor) of consecutive batches as numpy arrays."""
+        for (out,) in batch_outputs(self.traced(fn), images, batch_size or self.batch_size):
+            yield out
 
     uses_backbone = True
 

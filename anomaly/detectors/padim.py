@@ -27,6 +27,37 @@ from anomaly.errors import AnomalyError
 REGULARISATION = 0.01  # added to every covariance's diagonal, as the paper
 
 
+class RunningMoments:
+    """Mean and covariance at every grid position, merged batch by batch in float64.
+
+    Each batch's centred moments are combined with the running ones by Chan et al.'s pairwise
+    update, which is as accurate as centring all samples at once (Welford's method, batched).
+    """
+
+    def __init__(self):
+        self.count, self.mean, self.scatter = 0, None, None
+
+    def add(self, x: np.ndarray) -> None:
+        """Take in a batch (n, h, w, d)."""
+        x = np.asarray(x, np.float64)
+        n, (_, h, w, d) = len(x), x.shape
+        mean = x.mean(axis=0)
+        v = np.transpose(x - mean, (1, 2, 0, 3)).reshape(h * w, n, d)
+        scatter = np.matmul(np.transpose(v, (0, 2, 1)), v).reshape(h, w, d, d)
+        if self.count == 0:
+            self.count, self.mean, self.scatter = n, mean, scatter
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.scatter += scatter + np.einsum("hwi,hwj->hwij", delta, delta) * (self.count * n / total)
+        self.mean += delta * (n / total)
+        self.count = total
+
+    def covariance(self) -> np.ndarray:
+        """(h, w, d, d) unbiased sample covariance."""
+        return self.scatter / max(self.count - 1, 1)
+
+
 @register
 class PaDiMDetector(BackboneDetectorMixin, Detector):
     """Per-position Gaussians of local deep features (the `padim` detector).
@@ -66,17 +97,17 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
             progress: bool = False) -> PaDiMDetector:
         """Learn `mean_` (h, w, d) and `precision_` (h, w, d, d) from defect-free images."""
         images = self.prepare(train_images)
-        width = self.patch_features(np.asarray(images[:1], np.float32)).shape[-1]
+        width = self.output_shape(self._local_patches)[-1]
         self.channels_ = np.sort(np.random.default_rng(self.seed).choice(width, min(self.dims, width),
                                                                          replace=False)).astype(np.int32)
         self.forget_traces()
-        x = self.run_batched(self._selected, images).astype(np.float64)  # (N, h, w, d): the subset only
-        self.mean_ = x.mean(axis=0)
-        x -= self.mean_
-        cov = np.einsum("nhwi,nhwj->hwij", x, x) / max(len(x) - 1, 1)
-        cov += REGULARISATION * np.eye(x.shape[-1])
+        # Streamed: one batch of features at a time, merged into running per-position moments.
+        moments = RunningMoments()
+        for x in self.stream(self._selected, images):  # (n, h, w, d): the subset only
+            moments.add(x)
+        cov = moments.covariance() + REGULARISATION * np.eye(moments.mean.shape[-1])
         self.precision_ = np.linalg.inv(cov).astype(np.float32)
-        self.mean_ = self.mean_.astype(np.float32)
+        self.mean_ = moments.mean.astype(np.float32)
         self.forget_traces()
         return self
 

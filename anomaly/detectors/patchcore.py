@@ -10,6 +10,7 @@ image score is the map's maximum.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector, register
-from anomaly.detectors.features import BackboneDetectorMixin, local_patches, to_full_map
+from anomaly.detectors.features import BackboneDetectorMixin, local_patches, row_offsets, to_full_map
 from anomaly.errors import AnomalyError
 
 
@@ -117,6 +118,36 @@ def nearest_distances(queries: tf.Tensor, bank_aug: tf.Tensor, k: int = 1) -> tu
     return tf.sqrt(tf.maximum(d2, 0.0)), idx
 
 
+# Patch features held at once for the exact coreset (bottle's 209 images at 256 px: 1.3 GB).
+EXACT_BYTES = 3 << 29
+# Beyond it: chunks of this many patches (24 MiB per 64 feature channels), and each chunk keeps
+# this many times its share of the bank as candidates for the final selection.
+CHUNK_ROWS = 1 << 17
+OVERSAMPLE = 2
+
+
+def _chunked_coreset(batches, total: int, n: int, seed: int) -> np.ndarray:
+    """`n` rows of `total` streamed feature rows: greedy coresets of chunks, then of their union."""
+    candidates, buffer, held, chunk = [], [], 0, 0
+
+    def reduce():
+        nonlocal buffer, held, chunk
+        block = np.concatenate(buffer)
+        keep = min(len(block), max(1, math.ceil(OVERSAMPLE * n * len(block) / total)))
+        candidates.append(block[greedy_coreset(block, keep, seed=seed + chunk)])
+        buffer, held, chunk = [], 0, chunk + 1
+
+    for _, rows in row_offsets(batches):
+        buffer.append(rows)
+        held += len(rows)
+        if held >= CHUNK_ROWS:
+            reduce()
+    if buffer:
+        reduce()
+    pool = np.concatenate(candidates)
+    return pool[greedy_coreset(pool, n, seed=seed)] if n < len(pool) else pool
+
+
 @register
 class PatchCoreDetector(BackboneDetectorMixin, Detector):
     """PatchCore with a coreset memory bank.
@@ -161,16 +192,35 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         self.map_sigma, self.seed, self.batch_size = map_sigma, seed, batch_size
         self.min_bank_size = min_bank_size
 
+    def bank_plan(self, n_images: int) -> tuple[int, int, int]:
+        """(patches, bank rows, feature width) that fitting `n_images` images gives."""
+        grid = self.output_shape(self._local_patches)
+        patches = n_images * grid[0] * grid[1]
+        return patches, min(patches, max(1, self.min_bank_size, int(round(patches * self.coreset_ratio)))), grid[2]
+
     def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
             progress: bool = False) -> PatchCoreDetector:
-        """Build the memory bank `memory_bank_` (M, D) from defect-free images."""
+        """Build the memory bank `memory_bank_` (M, D) from defect-free images.
+
+        Up to `EXACT_BYTES` of patch features the coreset is chosen from all patches at once, as
+        the paper. A larger set is streamed: the features of each chunk of `CHUNK_ROWS` patches
+        are reduced to `OVERSAMPLE` times its share of the bank by the same greedy selection, and
+        the bank is the greedy selection from those candidates. Memory then holds one chunk and
+        the candidates, and the selection time grows linearly with the images.
+        """
         images = self.prepare(train_images)
-        features = self.patch_features(images)
-        self.grid_ = features.shape[1:3]
-        features = features.reshape(-1, features.shape[-1])
-        n = max(1, self.min_bank_size, int(round(len(features) * self.coreset_ratio)))
-        if n < len(features):
-            features = features[greedy_coreset(features, n, seed=self.seed)]
+        total, n, width = self.bank_plan(len(images))
+        h, w, _ = self.output_shape(self._local_patches)
+        self.grid_ = (h, w)
+        rows = self.stream(self._local_patches, images)
+        if total * width * 4 <= EXACT_BYTES:
+            features = np.empty((total, width), np.float32)
+            for start, batch in row_offsets(rows):
+                features[start:start + len(batch)] = batch
+            if n < len(features):
+                features = features[greedy_coreset(features, n, seed=self.seed)]
+        else:
+            features = _chunked_coreset(rows, total, n, self.seed)
         self.memory_bank_ = np.ascontiguousarray(features, np.float32)
         self.forget_traces()
         return self

@@ -39,9 +39,19 @@ class PixelGaussianDetector(Detector):
     def fit(self, train_images: np.ndarray, validation_images: np.ndarray | None = None,
             progress: bool = False) -> PixelGaussianDetector:
         """Learn `mean_` and `std_` (H, W, C) from defect-free images in [0, 1]."""
-        images = self.prepare(train_images).astype(np.float64)
-        self.mean_ = images.mean(axis=0).astype(np.float32)
-        self.std_ = np.maximum(images.std(axis=0), self.std_floor).astype(np.float32)
+        from anomaly.data.io import batches
+
+        # Streamed in batches, merged by Chan et al.'s pairwise update of the mean and squared deviations.
+        count, mean, squares = 0, 0.0, 0.0
+        for batch in batches(self.prepare(train_images), 64):
+            x = self.prepare(batch).astype(np.float64)
+            n, m = len(x), x.mean(axis=0)
+            total = count + n
+            squares = squares + ((x - m) ** 2).sum(axis=0) + (m - mean) ** 2 * (count * n / total)
+            mean = mean + (m - mean) * (n / total)
+            count = total
+        self.mean_ = np.asarray(mean).astype(np.float32)
+        self.std_ = np.maximum(np.sqrt(squares / count), self.std_floor).astype(np.float32)
         return self
 
     def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str, return_reconstructions: bool = False):
