@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
                        start: float = 1e-5, end: float = 10.0, epochs: int = 10,
                        stop_factor: float = 6.0, decrease_factor: float = 0.85,
                        jit_compile: bool = False, progress: bool = True,
-                       max_steps: int | None = None, deadline: float | None = None) -> LRFinderResult:
+                       max_steps: int | None = None, deadline: float | None = None,
+                       check_pace: Callable[[float], None] | None = None) -> LRFinderResult:
     """Run the learning-rate range test, then restore the model's weights.
 
     Args:
@@ -126,6 +128,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
             range test no longer than itself).
         deadline: a `time.perf_counter()` value by which the test must end: after a few steps
             have shown the pace, the sweep is shortened (still from `start` to `end`) to fit.
+        check_pace: called with the seconds per step once the pace is known (after a few steps,
+            or earlier when the deadline passes first); may raise to stop before training.
 
     Returns:
         The curve and the chosen learning rate.
@@ -142,7 +146,7 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
     lrs, smoothed = [], []
     avg, best, lr = 0.0, math.inf, start
     reason = f"reached {epochs} epochs"
-    traced = 0.0
+    traced, started = 0.0, time.perf_counter()
     for i, (x, y) in enumerate(dataset.take(total)):
         if i >= total:  # the sweep was shortened to fit the deadline
             break
@@ -152,7 +156,9 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
             now = time.perf_counter()
             if i == 0:
                 traced = now  # the first step pays for tracing; the pace is measured after it
-            elif i == _PACE_STEPS:
+            if check_pace is not None and (i == _PACE_STEPS or (now > deadline and i < _PACE_STEPS)):
+                check_pace((now - traced) / i if i else now - started)
+            if i == _PACE_STEPS:
                 fits = int((deadline - now) / ((now - traced) / i))
                 if i + 1 + fits < total:
                     total = max(i + 2, i + 1 + fits)

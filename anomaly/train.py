@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -105,13 +106,21 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
         print(f"running on {device_description()}")
         if detector.uses_backbone:
             print(f"fitting {config.architecture} on {config.params['backbone']} features")
+        plan = detector.fit_plan(len(train_x))
+        if plan:
+            print(plan)
 
     detector.checkpoint_dir, detector.resume = model_dir / "checkpoint", resume_dir is not None
     start = time.perf_counter()
     # Detectors that train for epochs show their own bars; the others one for the images.
-    with progress_step(f"fitting {config.architecture} on {len(train_x)} images", len(train_x),
-                       enabled=progress and not detector.trains_epochs):
-        detector.fit(train_x, val_x, progress=progress)
+    try:
+        with progress_step(f"fitting {config.architecture} on {len(train_x)} images", len(train_x),
+                           enabled=progress and not detector.trains_epochs):
+            detector.fit(train_x, val_x, progress=progress)
+    except AnomalyError:
+        if resume_dir is None:  # a run refused before it learned anything leaves no folder behind
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
     record = detector.fit_record(time.perf_counter() - start)
     # An interrupted run still leaves its best model to use; resuming replaces it.
     model_file = detector.save(model_dir)

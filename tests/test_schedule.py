@@ -88,12 +88,25 @@ def test_time_budget_ends_training_after_the_epoch_that_fills_it(demo_root, tmp_
     from anomaly.cli import train
 
     # 0.001 minutes: any first epoch (with its tracing) fills the budget, so training stops there
-    # instead of running the 30 epochs asked for; the model is still saved and usable.
+    # instead of running the 30 epochs asked for; the model is still saved and usable. (A fixed
+    # learning rate, as train_args gives: there is no range test whose pace could show the budget too short.)
     assert train.main(train_args(demo_root, tmp_path, "-e", "30", "--max-minutes", "0.001")) == 0
     out = capsys.readouterr().out
     assert "trained 1 epochs" in out and "stopped by --max-minutes 0.001" in out
     (model_file,) = tmp_path.rglob("*.keras")
     assert model_file.name == "mvtecCAE_b8_e1.keras"
+
+
+def test_a_budget_too_short_for_a_range_test_and_one_epoch_is_refused(demo_root, tmp_path, capsys):
+    from anomaly.cli import train
+    from anomaly.cli.common import run
+
+    # No --lr: the range test runs, and its first step already overruns the budget's share.
+    argv = ["-d", str(demo_root), "-o", str(tmp_path), "--input-size", "64", "-b", "8", "-q", "--max-minutes", "0.001"]
+    assert run(train.main, argv) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith("error: --max-minutes: 0.001 minutes is too short for this data")
+    assert not any(p.is_file() for p in tmp_path.rglob("*")), "a refused run leaves no model folder"
 
 
 def test_time_budget_must_be_positive(demo_root, tmp_path):
@@ -137,15 +150,18 @@ def test_the_time_budget_stops_within_an_epoch_that_would_overrun_it():
     assert time.perf_counter() - start <= 0.1
 
 
-def test_the_range_test_takes_only_its_share_of_a_time_budget(demo_root):
+def test_the_range_test_takes_only_its_share_of_a_time_budget(demo_root, monkeypatch):
     from anomaly.data.io import read_images
     from anomaly.detectors.autoencoder import FINDER_SHARE, MvtecCAE
 
+
     paths = sorted((demo_root / "train" / "good").glob("*.png"))
     images = read_images(paths, "grayscale", (64, 64))
-    detector = MvtecCAE(input_shape=(64, 64, 1), epochs=1000, batch_size=8, max_minutes=0.05)
+    # Only the share is tested here: any pace may start (a loaded machine can be slow).
+    monkeypatch.setattr("anomaly.detectors.autoencoder.SHORT_FINDER_STEPS", 1)
+    detector = MvtecCAE(input_shape=(64, 64, 1), epochs=1000, batch_size=8, max_minutes=0.3, lr_finder_epochs=1000)
     detector.fit(images[:12], images[12:])
     result = detector.fit_result_
-    # without the budget the range test runs 100 steps; 3 s x FINDER_SHARE hold far fewer
-    assert FINDER_SHARE < 1 and len(result.lr_finder.lrs) < 100 and "time budget" in result.lr_finder.stop_reason
+    # without the budget the range test runs 2000 steps (1000 epochs of 2); 18 s x FINDER_SHARE hold far fewer
+    assert FINDER_SHARE < 1 and len(result.lr_finder.lrs) < 2000 and "time budget" in result.lr_finder.stop_reason
     assert result.out_of_time and len(result.history) >= 1 and np.isfinite(result.lr)

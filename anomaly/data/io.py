@@ -207,9 +207,10 @@ class ImageFiles:
                 yield batch
 
 
-def materialise(images, limit: int = IN_MEMORY_BYTES):
-    """`images` as one in-memory array when an `ImageFiles` set is at most `limit` bytes; else as is."""
-    if isinstance(images, ImageFiles) and images.nbytes <= limit:
+def materialise(images, limit: int | None = None):
+    """`images` as one in-memory array when an `ImageFiles` set is at most `limit` bytes
+    (default `IN_MEMORY_BYTES`); else as is."""
+    if isinstance(images, ImageFiles) and images.nbytes <= (IN_MEMORY_BYTES if limit is None else limit):
         return np.asarray(images)
     return images
 

@@ -104,7 +104,7 @@ def evaluation_dataset(images, batch_size: int) -> tf.data.Dataset:
     """Batches (x, x) in order, without augmentation, for validation and prediction."""
     if isinstance(images, ImageFiles):
         gather = _gatherer(images)
-        ds = tf.data.Dataset.range(len(images)).batch(batch_size).map(gather, deterministic=True)
+        ds = tf.data.Dataset.range(len(images)).batch(batch_size).map(gather)
     else:
         ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     return ds.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)

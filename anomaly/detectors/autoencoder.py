@@ -39,6 +39,8 @@ def set_seed(seed: int) -> None:
 
 # The share of a --max-minutes budget the learning-rate range test may use.
 FINDER_SHARE = 0.25
+# A budget must hold at least this many range-test steps in its share, or training does not start.
+SHORT_FINDER_STEPS = 20
 
 class _RecordLR(keras.callbacks.Callback):
     def __init__(self):
@@ -183,7 +185,9 @@ class AutoencoderDetector(Detector):
                 epochs=finder_epochs, stop_factor=cfg.lr_finder_stop_factor,
                 decrease_factor=cfg.lr_decrease_factor, jit_compile=cfg.jit_compile, progress=progress,
                 max_steps=max_steps,
-                deadline=None if deadline is None else start + FINDER_SHARE * (deadline - start))
+                deadline=None if deadline is None else start + FINDER_SHARE * (deadline - start),
+                check_pace=None if deadline is None else self._budget_check(
+                    deadline, steps + steps_per_epoch(len(val_images), cfg.batch_size)))
             lr = finder.lr_opt
             if progress:
                 print(f"learning-rate finder: {finder.stop_reason}; chosen lr {lr:.3g}")
@@ -243,6 +247,20 @@ class AutoencoderDetector(Detector):
 
     def fit_record(self, seconds: float) -> FitResult:
         return self.fit_result_
+
+    def _budget_check(self, deadline: float, epoch_steps: int):
+        """A `check_pace` for the range test: fail at once when the time left cannot hold a short
+        range test (`SHORT_FINDER_STEPS`, in its share) and one epoch (`epoch_steps` with validation)."""
+        def check(seconds_per_step: float) -> None:
+            needed = seconds_per_step * max(SHORT_FINDER_STEPS / FINDER_SHARE, epoch_steps / (1 - FINDER_SHARE))
+            if needed > deadline - time.perf_counter():
+                raise AnomalyError(f"{self.max_minutes:g} minutes is too short for this data: at "
+                                   f"{seconds_per_step:.2g} s a step, a short learning-rate range test "
+                                   f"({SHORT_FINDER_STEPS} steps in a quarter of the budget) and one epoch "
+                                   f"({epoch_steps} steps with validation) need about {needed / 60:.2g} minutes",
+                                   "max_minutes")
+
+        return check
 
     def save_plots(self, train_images: np.ndarray, dataset, folder: Path) -> None:
         """The loss curves, the learning-rate range test and the schedule of the last `fit`."""

@@ -265,6 +265,10 @@ class Detector(ABC):
     def check(self) -> None:  # noqa: B027 - a hook: most detectors have nothing to check
         """Raise AnomalyError now for settings that would fail only later (e.g. a backbone's weights)."""
 
+    def fit_plan(self, n_images: int) -> str:
+        """What fitting `n_images` images will build and hold, for a line before a long fit; "" if nothing to say."""
+        return ""
+
     def summary(self) -> dict:
         """Figures of what it learned for detector.json (bank size, ...); none by default."""
         return {}

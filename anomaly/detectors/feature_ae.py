@@ -89,11 +89,7 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         images = self.prepare(train_images)
         validation = None if validation_images is None else self.prepare(validation_images)
 
-        h, w, channels = self.output_shape(self._local_patches)
-        # Every position of every image while their features fit in FEATURE_BYTES; beyond, the same
-        # seeded random positions of each image (the 1x1 convolutions see positions independently,
-        # so a (keep, 1) strip of positions trains them as a whole map does). Memory stays bounded.
-        keep = min(h * w, max(1, FEATURE_BYTES // (4 * channels * max(len(images), 1))))
+        keep = self._positions_kept(len(images))
         x = self._position_sample(images, keep, self.seed)
         # Standardise channels so every layer's features weigh alike in the loss.
         self.mean_ = x.mean(axis=(0, 1, 2)).astype(np.float32)
@@ -126,6 +122,22 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
                 out[start, :, 0] = f[np.sort(rng.choice(h * w, keep, replace=False))]
                 start += 1
         return out
+
+    def _positions_kept(self, n_images: int) -> int:
+        """Positions per image trained on: all while the features of all fit in FEATURE_BYTES.
+
+        Beyond, a seeded random subset of each image's positions: the 1x1 convolutions see
+        positions independently, so a (keep, 1) strip trains them as a whole map does.
+        """
+        h, w, channels = self.output_shape(self._local_patches)
+        return min(h * w, max(1, FEATURE_BYTES // (4 * channels * max(n_images, 1))))
+
+    def fit_plan(self, n_images: int) -> str:
+        h, w, channels = self.output_shape(self._local_patches)
+        keep = self._positions_kept(n_images)
+        share = "every position" if keep >= h * w else f"{keep} random positions of {h * w}"
+        return (f"training features: {share} of each image x {channels} channels "
+                f"({n_images * keep * channels * 4 / 2 ** 20:,.0f} MiB)")
 
     def summary(self) -> dict:
         return {"parameters": int(self.model_.count_params()), "feature_dim": int(len(self.mean_)),

@@ -111,6 +111,12 @@ class PaDiMDetector(BackboneDetectorMixin, Detector):
         self.forget_traces()
         return self
 
+    def fit_plan(self, n_images: int) -> str:
+        h, w, width = self.output_shape(self._local_patches)
+        d = min(self.dims, width)
+        return (f"per-position Gaussians: {h}x{w} positions x {d} dims "
+                f"({h * w * (d + d * d) * 8 / 2 ** 20:,.0f} MiB in float64), merged batch by batch")
+
     def summary(self) -> dict:
         h, w, d = self.mean_.shape
         # Its "bank" is one Gaussian per grid position, reported like the memory banks of the others.

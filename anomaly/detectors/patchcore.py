@@ -225,6 +225,17 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         self.forget_traces()
         return self
 
+    def fit_plan(self, n_images: int) -> str:
+        total, n, width = self.bank_plan(n_images)
+        mib = 4 * width / 2 ** 20
+        if total * width * 4 <= EXACT_BYTES:
+            how = f"chosen from all patches at once ({total * mib:,.0f} MiB of features)"
+        else:
+            candidates = min(total, math.ceil(OVERSAMPLE * n * (1 + CHUNK_ROWS / total)))
+            how = (f"chosen from chunks of {CHUNK_ROWS:,} patches ({CHUNK_ROWS * mib:,.0f} MiB) as they "
+                   f"stream, then from ~{candidates:,} candidates ({candidates * mib:,.0f} MiB)")
+        return f"memory bank: {n:,} of {total:,} patches x {width} ({n * mib:,.1f} MiB), {how}"
+
     def summary(self) -> dict:
         return {"bank_size": int(len(self.memory_bank_)), "feature_dim": int(self.memory_bank_.shape[1]),
                 "bank_mb": self.memory_bank_.nbytes / 2 ** 20, "layers": list(self.layers)}
