@@ -16,22 +16,26 @@ _open: ContextVar[list | None] = ContextVar("anomaly_progress", default=None)
 
 
 @contextmanager
-def step(label: str, total: int, enabled: bool = True) -> Iterator[None]:
+def step(label: str, total: int, enabled: bool = True, unit: str = "image") -> Iterator[None]:
     """Show the images processed inside this block as one progress bar of `total` images.
 
     Args:
         label: what the step does, printed above the bar ("testing 83 images").
-        total: the images the step processes.
-        enabled: False shows nothing (`-q`); nested steps show nothing either.
+        total: the images (or other units) the step processes.
+        enabled: False shows nothing (`-q`); a step nested in one whose bar is still running
+            shows nothing either; one after its bar is full (a later phase, e.g. choosing a
+            memory bank from the features of all images) shows its own.
+        unit: what is counted.
     """
-    if not enabled or total <= 0 or _open.get() is not None:
+    outer = _open.get()
+    if not enabled or total <= 0 or (outer is not None and outer[1] < outer[2]):
         yield
         return
     import keras
 
     print(label, flush=True)
     # A live bar on a terminal; in a log only the finished line (Keras' verbose=2).
-    bar = keras.utils.Progbar(total, unit_name="image", verbose=1 if sys.stdout.isatty() else 2)
+    bar = keras.utils.Progbar(total, unit_name=unit, verbose=1 if sys.stdout.isatty() else 2)
     token = _open.set([bar, 0, total])
     try:
         yield

@@ -311,3 +311,14 @@ def test_long_steps_show_progress_in_a_log(trained, demo_root, tmp_path, capsys)
     assert "testing 10 images" in out and "10/10" in out  # 4 good + 3 x 2 defective
     assert test_cli.main(["-p", str(model_dir), "-q"]) == 0
     assert "/image" not in capsys.readouterr().out
+
+
+def test_patchcore_says_what_its_fit_holds_and_shows_the_bank_selection(demo_root, tmp_path, capsys):
+    from anomaly.cli import train as train_cli
+
+    argv = ["-d", str(demo_root), "-o", str(tmp_path), "--input-size", "64", "-a", "patchcore", "--weights", "random"]
+    assert train_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    plan = next(line for line in out.splitlines() if line.startswith("memory bank: 1,000 of "))
+    assert "chosen from all patches at once" in plan  # a few images: the exact coreset
+    assert "choosing the memory bank: 1,000 of " in out and "1000/1000" in out and "/patch" in out

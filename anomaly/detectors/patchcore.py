@@ -11,6 +11,7 @@ image score is the map's maximum.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,12 @@ from anomaly.arrays import load_npz
 from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import BackboneDetectorMixin, local_patches, row_offsets, to_full_map
 from anomaly.errors import AnomalyError
+from anomaly.progress import advance as advance_progress
+from anomaly.progress import step as progress_step
 
 
 def greedy_coreset(features: np.ndarray, n: int, projection_dim: int = 128, n_starts: int = 10,
-                   seed: int = 0) -> np.ndarray:
+                   seed: int = 0, on_picks: Callable[[int], None] | None = None) -> np.ndarray:
     """Indices of `n` features chosen by approximate greedy k-centre (farthest-point) selection.
 
     As the official implementation: distances are measured after a random linear projection to
@@ -36,6 +39,7 @@ def greedy_coreset(features: np.ndarray, n: int, projection_dim: int = 128, n_st
         projection_dim: dimensions of the projection; no projection when >= D.
         n_starts: random starting points.
         seed: seeds the projection and the starting points.
+        on_picks: called with the number of features picked by each segment of the selection.
 
     Returns:
         (n,) int64 indices, in selection order.
@@ -46,23 +50,42 @@ def greedy_coreset(features: np.ndarray, n: int, projection_dim: int = 128, n_st
         bound = 1.0 / np.sqrt(x.shape[1])
         x = x @ rng.uniform(-bound, bound, (x.shape[1], projection_dim)).astype(np.float32)
     starts = rng.choice(len(x), size=min(n_starts, len(x)), replace=False)
-    return _greedy(tf.constant(x), tf.constant(starts, tf.int32), tf.constant(int(n))).numpy().astype(np.int64)
+    x = tf.constant(x)
+    squared, anchor = _anchor(x, tf.constant(starts, tf.int32))
+    chosen = []
+    # In segments, so a long selection shows its progress; each continues the last one's distances.
+    while sum(len(c) for c in chosen) < n:
+        k = min(_SEGMENT, n - sum(len(c) for c in chosen))
+        picks, anchor = _greedy(x, squared, anchor, tf.constant(k))
+        chosen.append(picks.numpy())
+        if on_picks is not None:
+            on_picks(k)
+    return np.concatenate(chosen).astype(np.int64)
+
+
+_SEGMENT = 256  # picks per call of the traced selection loop
+
+
+def _distance(x, squared, c):
+    return tf.sqrt(tf.maximum(squared - 2.0 * tf.linalg.matvec(x, c) + tf.reduce_sum(c * c), 0.0))
 
 
 @tf.function(reduce_retracing=True)
-def _greedy(x, starts, n):
+def _anchor(x, starts):
+    """Squared norms of the rows, and each row's mean distance to the starting rows."""
     squared = tf.reduce_sum(x * x, axis=1)
+    return squared, tf.reduce_mean(tf.map_fn(lambda c: _distance(x, squared, c), tf.gather(x, starts)), axis=0)
 
-    def distance(c):
-        return tf.sqrt(tf.maximum(squared - 2.0 * tf.linalg.matvec(x, c) + tf.reduce_sum(c * c), 0.0))
 
-    anchor = tf.reduce_mean(tf.map_fn(distance, tf.gather(x, starts)), axis=0)
+@tf.function(reduce_retracing=True)
+def _greedy(x, squared, anchor, n):
+    """`n` farthest-point picks from the distances `anchor`; the picks and the updated distances."""
     chosen = tf.TensorArray(tf.int32, size=n)
     for i in tf.range(n):
         idx = tf.cast(tf.argmax(anchor), tf.int32)
         chosen = chosen.write(i, idx)
-        anchor = tf.minimum(anchor, distance(x[idx]))
-    return chosen.stack()
+        anchor = tf.minimum(anchor, _distance(x, squared, x[idx]))
+    return chosen.stack(), anchor
 
 
 def augmented_bank(bank: np.ndarray) -> np.ndarray:
@@ -126,7 +149,7 @@ CHUNK_ROWS = 1 << 17
 OVERSAMPLE = 2
 
 
-def _chunked_coreset(batches, total: int, n: int, seed: int) -> np.ndarray:
+def _chunked_coreset(batches, total: int, n: int, seed: int, progress: bool = False) -> np.ndarray:
     """`n` rows of `total` streamed feature rows: greedy coresets of chunks, then of their union."""
     candidates, buffer, held, chunk = [], [], 0, 0
 
@@ -145,7 +168,10 @@ def _chunked_coreset(batches, total: int, n: int, seed: int) -> np.ndarray:
     if buffer:
         reduce()
     pool = np.concatenate(candidates)
-    return pool[greedy_coreset(pool, n, seed=seed)] if n < len(pool) else pool
+    if n >= len(pool):
+        return pool
+    with progress_step(f"choosing the memory bank: {n:,} of {len(pool):,} candidates", n, progress, "patch"):
+        return pool[greedy_coreset(pool, n, seed=seed, on_picks=advance_progress)]
 
 
 @register
@@ -218,9 +244,10 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
             for start, batch in row_offsets(rows):
                 features[start:start + len(batch)] = batch
             if n < len(features):
-                features = features[greedy_coreset(features, n, seed=self.seed)]
+                with progress_step(f"choosing the memory bank: {n:,} of {total:,} patches", n, progress, "patch"):
+                    features = features[greedy_coreset(features, n, seed=self.seed, on_picks=advance_progress)]
         else:
-            features = _chunked_coreset(rows, total, n, self.seed)
+            features = _chunked_coreset(rows, total, n, self.seed, progress)
         self.memory_bank_ = np.ascontiguousarray(features, np.float32)
         self.forget_traces()
         return self
