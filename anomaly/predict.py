@@ -1,0 +1,257 @@
+"""A finetuned model applied to new, unlabelled images: what `anomaly-predict` does.
+
+Images are read, judged and written batch by batch: `predictions.csv` gains its rows as they are
+decided (flushed, so an interrupted run keeps them, and the same command run again skips the
+images already there), an unreadable image becomes a row of `errors.csv` instead of stopping
+the run, and memory stays flat however many images there are.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from anomaly import modeldir
+from anomaly.api import Model
+from anomaly.data.io import IMAGE_EXTENSIONS, conform, is_image_file, read_raw
+from anomaly.errors import AnomalyError
+from anomaly.progress import advance as advance_progress
+from anomaly.progress import step as progress_step
+
+PREDICTIONS_FILE = modeldir.PREDICTIONS_FILE
+ERRORS_FILE = "errors.csv"
+RECORD_FILE = "predict.json"
+FIELDS = ["image", "score", "is_anomalous", "anomalous_area_px", "threshold", "min_area"]
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class PredictOutcome:
+    """What a prediction run did.
+
+    Attributes:
+        out: the output folder.
+        predicted: images judged by this run.
+        skipped: images already in predictions.csv from an earlier run, not judged again.
+        anomalous: of the images judged by this run, those decided anomalous.
+        failed: (image, reason) of the images that could not be read.
+        seconds: wall time of the judging.
+    """
+
+    out: Path
+    predicted: int = 0
+    skipped: int = 0
+    anomalous: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Image files from files, folders (searched recursively) and glob patterns, in order, once each.
+
+    A file named directly is taken whatever its extension (it gets an error row if it cannot be
+    read); from folders and patterns only files with an image extension are taken.
+
+    Raises:
+        AnomalyError: an input is neither a file, a folder nor a pattern that matches something,
+            or nothing at all was found.
+    """
+    found: dict[Path, None] = {}
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_file():
+            found[path] = None
+        elif path.is_dir():
+            found.update(dict.fromkeys(sorted(p for p in path.rglob("*") if is_image_file(p))))
+        elif _GLOB_CHARS & set(item):
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(item), recursive=True))
+            if not matches:
+                raise AnomalyError(f"{item}: the pattern matches no file")
+            for m in matches:
+                if m.is_dir():
+                    found.update(dict.fromkeys(sorted(p for p in m.rglob("*") if is_image_file(p))))
+                elif is_image_file(m):
+                    found[m] = None
+        else:
+            raise AnomalyError(f"{item}: no such file or folder")
+    if not found:
+        raise AnomalyError(f"{', '.join(inputs)}: no image files (expected {', '.join(IMAGE_EXTENSIONS)})")
+    return list(found)
+
+
+def default_output(model_dir: Path) -> Path:
+    """`<model dir>/predict/<timestamp>`."""
+    return Path(model_dir) / "predict" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def unfinished_run(model_dir: Path, inputs: list[str], threshold: float, min_area: int) -> Path | None:
+    """The latest `<model dir>/predict/<time>` folder that an interrupted run of the same inputs
+    and rule left, so that running the same command again continues it."""
+    runs = sorted((Path(model_dir) / "predict").glob("*/" + RECORD_FILE))
+    if not runs:
+        return None
+    try:
+        record = json.loads(runs[-1].read_text())
+    except (OSError, ValueError):
+        return None
+    same = (record.get("inputs") == list(inputs) and _same(str(record.get("threshold")), threshold)
+            and record.get("min_area") == min_area)
+    return runs[-1].parent if same and not record.get("finished") else None
+
+
+def _done_images(out: Path, threshold: float, min_area: int) -> set[str]:
+    """Images already in OUT/predictions.csv, checked to have been decided by the same rule."""
+    path = out / PREDICTIONS_FILE
+    if not path.is_file():
+        return set()
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != FIELDS:
+            raise AnomalyError(f"{path}: not a predictions file of anomaly-predict (columns {reader.fieldnames})",
+                               "out")
+        done = set()
+        for row in reader:
+            if not _same(row["threshold"], threshold) or not _same(row["min_area"], min_area):
+                raise AnomalyError(f"{path}: written with threshold {row['threshold']} and min area "
+                                   f"{row['min_area']}, not {threshold:.6g} and {min_area}; choose another -o "
+                                   f"folder for another rule", "out")
+            done.add(row["image"])
+    return done
+
+
+def _same(text: str, value: float) -> bool:
+    try:
+        return abs(float(text) - float(value)) <= 1e-6 * max(1.0, abs(float(value)))
+    except ValueError:
+        return False
+
+
+def _picture_path(out: Path, image: Path, root: Path | None) -> Path:
+    """images/<path relative to the inputs' common folder>.png, always inside `out`."""
+    rel = image.resolve().relative_to(root) if root is not None else Path(image.name)
+    parts = [p for p in rel.parts if p not in ("", ".", "..", "/")] or [image.name]
+    return out / "images" / Path(*parts).with_suffix(".png")
+
+
+def predict_files(model: Model, inputs: list[str], out: str | Path | None = None, save: bool = False,
+                  threshold: float | None = None, min_area: int | None = None, batch_size: int = 32,
+                  progress: bool = True) -> PredictOutcome:
+    """Judge every image `inputs` names and write predictions.csv (and pictures) into `out`.
+
+    Args:
+        model: a finetuned model (`anomaly.load`).
+        inputs: image files, folders (recursive) and glob patterns, in any mix.
+        out: the output folder (default `<model dir>/predict/<timestamp>`); an earlier run's
+            folder is continued: its images are not judged again.
+        save: also write images/<name>.png (the heat map over the image, the predicted outline)
+            and maps/<name>.npy (the raw map at the model's input size).
+        threshold, min_area: the decision rule for this run (default: the finetuned pair).
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        What was done; the failed images are also in errors.csv.
+    """
+    pp = model.postprocessor
+    threshold = pp.threshold if threshold is None else float(threshold)
+    min_area = pp.min_area if min_area is None else int(min_area)
+    if not np.isfinite(threshold):
+        raise AnomalyError(f"expected a finite number, got {threshold}", "threshold")
+    if min_area < 0:
+        raise AnomalyError(f"expected a non-negative number of pixels, got {min_area}", "min_area")
+    if batch_size < 1:
+        raise AnomalyError(f"expected a positive number, got {batch_size}", "batch_size")
+    images = expand_inputs(inputs)
+    if out is None:
+        if model.directory is None:
+            raise AnomalyError("a model not loaded from a directory needs an output folder", "out")
+        out = unfinished_run(model.directory, inputs, threshold, min_area) or default_output(model.directory)
+    out = modeldir.check_output_dir(out, "-o")
+    done = _done_images(out, threshold, min_area)
+    todo = [p for p in images if str(p) not in done]
+    outcome = PredictOutcome(out, skipped=len(images) - len(todo))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ERRORS_FILE).unlink(missing_ok=True)  # a continued run tries the failed images again
+    try:
+        root = Path(os.path.commonpath([p.resolve().parent for p in images]))
+    except ValueError:  # different drives
+        root = None
+    record = _write_record(out, model, inputs, threshold, min_area, len(images))
+    vmax = 2.0 * threshold if threshold > 0 else None  # the threshold mid-scale on every picture
+    start = time.perf_counter()
+    new_file = not (out / PREDICTIONS_FILE).is_file()
+    with open(out / PREDICTIONS_FILE, "a", newline="") as rows_file, \
+            progress_step(f"judging {len(todo)} images" + (f" ({outcome.skipped} already done)"
+                                                          if outcome.skipped else ""), len(todo), progress):
+        rows = csv.writer(rows_file, lineterminator="\n")
+        if new_file:
+            rows.writerow(FIELDS)
+        for batch_start in range(0, len(todo), batch_size):
+            paths, arrays = [], []
+            for path in todo[batch_start:batch_start + batch_size]:
+                try:
+                    arrays.append(conform(read_raw(path), model.detector.input_shape))
+                    paths.append(path)
+                except AnomalyError as exc:
+                    outcome.failed.append((str(path), exc.message.removeprefix(f"{path}: ")))
+                    _append_error(out, str(path), outcome.failed[-1][1])
+                    advance_progress(1)
+            if not arrays:
+                continue
+            batch = np.stack(arrays)
+            (pred,) = model.predict_batches(batch, batch_size=len(batch), threshold=threshold, min_area=min_area)
+            for i, path in enumerate(paths):
+                rows.writerow([str(path), f"{pred.scores[i]:.6g}", int(pred.is_anomalous[i]),
+                               int(pred.masks[i].sum()), f"{threshold:.6g}", min_area])
+                if save:
+                    _save_one(out, path, root, batch[i], pred, i, threshold, vmax)
+            rows_file.flush()  # an interrupted run keeps every row written so far
+            outcome.predicted += len(paths)
+            outcome.anomalous += int(pred.is_anomalous.sum())
+            advance_progress(len(paths))
+    outcome.seconds = time.perf_counter() - start
+    modeldir.write_json(out / RECORD_FILE, {**record, "finished": True, "judged": len(images) - len(outcome.failed),
+                                            "failed": len(outcome.failed)})
+    return outcome
+
+
+def _save_one(out: Path, path: Path, root: Path | None, image: np.ndarray, pred, i: int, threshold: float,
+              vmax: float | None) -> None:
+    from anomaly import plots
+
+    picture = _picture_path(out, path, root)
+    raw = out / "maps" / picture.relative_to(out / "images").with_suffix(".npy")
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    np.save(raw, pred.maps[i].astype(np.float32))
+    verdict = "anomalous" if pred.is_anomalous[i] else "good"
+    plots.save_result(picture, image, pred.maps[i], pred.masks[i], title=f"{path.name}  score {pred.scores[i]:.4g}  "
+                      f"{verdict}", vmax=vmax, threshold=threshold)
+
+
+def _append_error(out: Path, image: str, reason: str) -> None:
+    path = out / ERRORS_FILE
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if new:
+            writer.writerow(["image", "reason"])
+        writer.writerow([image, reason])
+
+
+def _write_record(out: Path, model: Model, inputs: list[str], threshold: float, min_area: int, n: int) -> dict:
+    record = {"model": str(model.directory), "inputs": list(inputs), "images": n, "threshold": threshold,
+              "min_area": min_area, "finetuned_threshold": model.postprocessor.threshold,
+              "finetuned_min_area": model.postprocessor.min_area, "method": model.postprocessor.method,
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "time": datetime.now().isoformat(timespec="seconds")}
+    modeldir.write_json(out / RECORD_FILE, {**record, "finished": False})
+    return record
