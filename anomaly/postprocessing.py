@@ -90,7 +90,12 @@ def largest_area_table(maps: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def classify(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
-    """1 for each map holding a region over `threshold` of at least `min_area` pixels, else 0."""
+    """1 for each map holding a region over `threshold` of at least `min_area` pixels, else 0.
+
+    A region has at least one pixel, so a `min_area` of 0 means 1: a map with no pixel over the
+    threshold is never anomalous.
+    """
+    min_area = max(int(min_area), 1)
     out = np.zeros(len(maps), dtype=np.int64)
     # A map with fewer pixels over the threshold than min_area cannot hold such a region:
     # only the others need connected components (most defect-free maps are skipped).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -56,7 +57,8 @@ class PredictOutcome:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Image files from files, folders (searched recursively) and glob patterns, in order, once each.
+    """Image files (absolute) from files, folders (searched recursively) and glob patterns, in
+    order, once each.
 
     A file named directly is taken whatever its extension (it gets an error row if it cannot be
     read); from folders and patterns only files with an image extension are taken.
@@ -65,22 +67,24 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         AnomalyError: an input is neither a file, a folder nor a pattern that matches something,
             or nothing at all was found.
     """
-    found: dict[Path, None] = {}
+    found: dict[Path, None] = {}  # absolute paths: one file named two ways is judged once
+
+    def add(paths) -> None:
+        found.update(dict.fromkeys(p.resolve() for p in paths))
+
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_file():
-            found[path] = None
+            add([path])
         elif path.is_dir():
-            found.update(dict.fromkeys(sorted(p for p in path.rglob("*") if is_image_file(p))))
+            add(sorted(p for p in path.rglob("*") if is_image_file(p)))
         elif _GLOB_CHARS & set(item):
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(item), recursive=True))
             if not matches:
                 raise AnomalyError(f"{item}: the pattern matches no file")
             for m in matches:
-                if m.is_dir():
-                    found.update(dict.fromkeys(sorted(p for p in m.rglob("*") if is_image_file(p))))
-                elif is_image_file(m):
-                    found[m] = None
+                add(sorted(p for p in m.rglob("*") if is_image_file(p)) if m.is_dir() else
+                    [m] if is_image_file(m) else [])
         else:
             raise AnomalyError(f"{item}: no such file or folder")
     if not found:
@@ -89,8 +93,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def default_output(model_dir: Path) -> Path:
-    """`<model dir>/predict/<timestamp>`."""
-    return Path(model_dir) / "predict" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    """A new `<model dir>/predict/<timestamp>` (with `_1`, `_2`, ... when that one exists)."""
+    base = Path(model_dir) / "predict" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return next(p for i in range(10_000) if not (p := base.with_name(f"{base.name}_{i}" if i else base.name)).exists())
 
 
 def unfinished_run(model_dir: Path, inputs: list[str], threshold: float, min_area: int) -> Path | None:
@@ -103,7 +108,7 @@ def unfinished_run(model_dir: Path, inputs: list[str], threshold: float, min_are
         record = json.loads(runs[-1].read_text())
     except (OSError, ValueError):
         return None
-    same = (record.get("inputs") == list(inputs) and _same(str(record.get("threshold")), threshold)
+    same = (record.get("inputs") == list(inputs) and record.get("threshold") == threshold
             and record.get("min_area") == min_area)
     return runs[-1].parent if same and not record.get("finished") else None
 
@@ -118,28 +123,37 @@ def _done_images(out: Path, threshold: float, min_area: int) -> set[str]:
         if reader.fieldnames != FIELDS:
             raise AnomalyError(f"{path}: not a predictions file of anomaly-predict (columns {reader.fieldnames})",
                                "out")
-        done = set()
-        for row in reader:
-            if not _same(row["threshold"], threshold) or not _same(row["min_area"], min_area):
-                raise AnomalyError(f"{path}: written with threshold {row['threshold']} and min area "
-                                   f"{row['min_area']}, not {threshold:.6g} and {min_area}; choose another -o "
-                                   f"folder for another rule", "out")
-            done.add(row["image"])
-    return done
+        rows = list(reader)
+    # A run killed while writing can leave its last row cut short: that image is judged again.
+    complete = [r for r in rows if None not in r.values() and None not in r and r["min_area"] != ""]
+    if len(complete) < len(rows):
+        modeldir.write_text(path, _csv_text([FIELDS, *([r[k] for k in FIELDS] for r in complete)]))
+    for row in complete:
+        if (row["threshold"], row["min_area"]) != (_number(threshold), str(min_area)):
+            raise AnomalyError(f"{path}: written with threshold {row['threshold']} and min area "
+                               f"{row['min_area']}, not {_number(threshold)} and {min_area}; choose another -o "
+                               f"folder for another rule", "out")
+    return {row["image"] for row in complete}
 
 
-def _same(text: str, value: float) -> bool:
-    try:
-        return abs(float(text) - float(value)) <= 1e-6 * max(1.0, abs(float(value)))
-    except ValueError:
-        return False
+def _number(value: float) -> str:
+    """How predictions.csv writes a score or a threshold."""
+    return f"{value:.6g}"
+
+
+def _csv_text(rows) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 def _picture_path(out: Path, image: Path, root: Path | None) -> Path:
     """images/<path relative to the inputs' common folder>.png, always inside `out`."""
     rel = image.resolve().relative_to(root) if root is not None else Path(image.name)
     parts = [p for p in rel.parts if p not in ("", ".", "..", "/")] or [image.name]
-    return out / "images" / Path(*parts).with_suffix(".png")
+    # a.png -> a.png, a.jpg -> a.jpg.png: a.png and a.jpg side by side get a picture each
+    name = parts[-1] if parts[-1].lower().endswith(".png") else f"{parts[-1]}.png"
+    return out / "images" / Path(*parts[:-1], name)
 
 
 def predict_files(model: Model, inputs: list[str], out: str | Path | None = None, save: bool = False,
@@ -210,8 +224,8 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
             batch = np.stack(arrays)
             (pred,) = model.predict_batches(batch, batch_size=len(batch), threshold=threshold, min_area=min_area)
             for i, path in enumerate(paths):
-                rows.writerow([str(path), f"{pred.scores[i]:.6g}", int(pred.is_anomalous[i]),
-                               int(pred.masks[i].sum()), f"{threshold:.6g}", min_area])
+                rows.writerow([str(path), _number(pred.scores[i]), int(pred.is_anomalous[i]),
+                               int(pred.masks[i].sum()), _number(threshold), min_area])
                 if save:
                     _save_one(out, path, root, batch[i], pred, i, threshold, vmax)
             rows_file.flush()  # an interrupted run keeps every row written so far
@@ -229,7 +243,7 @@ def _save_one(out: Path, path: Path, root: Path | None, image: np.ndarray, pred,
     from anomaly import plots
 
     picture = _picture_path(out, path, root)
-    raw = out / "maps" / picture.relative_to(out / "images").with_suffix(".npy")
+    raw = out / "maps" / picture.relative_to(out / "images").with_suffix(".npy")  # a.jpg.npy for a.jpg
     raw.parent.mkdir(parents=True, exist_ok=True)
     np.save(raw, pred.maps[i].astype(np.float32))
     verdict = "anomalous" if pred.is_anomalous[i] else "good"
