@@ -94,10 +94,13 @@ class FeatureAEDetector(BackboneDetectorMixin, Detector):
         # Standardise channels so every layer's features weigh alike in the loss.
         self.mean_ = x.mean(axis=(0, 1, 2)).astype(np.float32)
         self.std_ = (x.std(axis=(0, 1, 2)) + 1e-6).astype(np.float32)
-        x = (x - self.mean_) / self.std_
+        x -= self.mean_  # in place: the features are the largest array a fit holds
+        x /= self.std_
         val = None
         if validation is not None and len(validation):
-            v = (self._position_sample(validation, keep, self.seed + 1) - self.mean_) / self.std_
+            v = self._position_sample(validation, keep, self.seed + 1)
+            v -= self.mean_
+            v /= self.std_
             val = (v, v)
         set_seed(self.seed)
         self.model_ = feature_autoencoder(x.shape[-1], self.latent_dim)
