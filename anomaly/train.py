@@ -16,7 +16,7 @@ import numpy as np
 from anomaly import __version__, modeldir, plots
 from anomaly.config import TrainConfig, saved_config
 from anomaly.data.dataset import Dataset, validation_split
-from anomaly.data.io import ImageFiles, read_images
+from anomaly.data.io import ImageFiles, materialise, read_images
 from anomaly.detectors import detector_class
 from anomaly.detectors.autoencoder import set_seed
 from anomaly.detectors.base import Detector, FitResult
@@ -54,9 +54,10 @@ def load_split(dataset: Dataset, config: TrainConfig):
         raise AnomalyError(f"{dataset.root / 'train' / 'good'}: need at least 2 images "
                            f"(one is held out for validation), found {len(dataset.train)}")
     size = config.image_size
-    # Files, read when the detector asks: a large training set is streamed, never held at once.
-    return (train, val, ImageFiles([s.path for s in train], config.color_mode, size),
-            ImageFiles([s.path for s in val], config.color_mode, size))
+    # A set of up to IN_MEMORY_BYTES is read now (a bad image fails before any folder is made);
+    # a larger one stays files, read batch by batch by the detector, never held at once.
+    return (train, val, materialise(ImageFiles([s.path for s in train], config.color_mode, size)),
+            materialise(ImageFiles([s.path for s in val], config.color_mode, size)))
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -89,7 +90,12 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
     detector = detector_class(config.architecture).from_train_config(config)
     detector.check()  # e.g. a bad backbone or weights file fails before any folder is made
     if resume_dir is None:
+        # The outermost folder this run makes: removed whole if the fit is refused (a large set's
+        # unreadable image is found only while the detector reads it).
+        planned = Path(config.output_dir).resolve() / dataset.name / config.architecture / config.variant
+        fresh = next((p for p in reversed([planned, *planned.parents]) if not p.exists()), None)
         model_dir = modeldir.new_model_dir(config.output_dir, dataset.name, config.architecture, config.variant)
+        fresh = fresh if fresh is not None and model_dir.is_relative_to(fresh) else model_dir
         saved = config.to_dict()
         saved["data_dir"] = str(Path(config.data_dir).resolve())
         saved["split"] = {"train": [s.relpath for s in train_s], "validation": [s.relpath for s in val_s]}
@@ -119,7 +125,7 @@ def train(config: TrainConfig, progress: bool = True, resume_dir: Path | None = 
             detector.fit(train_x, val_x, progress=progress)
     except AnomalyError:
         if resume_dir is None:  # a run refused before it learned anything leaves no folder behind
-            shutil.rmtree(model_dir, ignore_errors=True)
+            shutil.rmtree(fresh, ignore_errors=True)
         raise
     record = detector.fit_record(time.perf_counter() - start)
     # An interrupted run still leaves its best model to use; resuming replaces it.

@@ -195,6 +195,12 @@ class ImageFiles:
         for batch in self.batches(32):
             yield from batch
 
+    def verify(self, batch_size: int = 32) -> None:
+        """Read every image once and drop it: an unreadable file raises AnomalyError now, not
+        from inside a `tf.data` pipeline that would report it as a TensorFlow error."""
+        for _ in self.batches(batch_size):
+            pass
+
     def batches(self, batch_size: int):
         """Consecutive stacks of `batch_size` images; the next one is decoded while this one is used."""
         starts = range(0, len(self), batch_size)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from anomaly.data.io import ImageFiles
 from anomaly.data.pipeline import Augmentation, evaluation_dataset, steps_per_epoch, training_dataset
 from anomaly.detectors.base import Detector, FitResult, register
 from anomaly.errors import AnomalyError
@@ -144,12 +145,14 @@ class AutoencoderDetector(Detector):
         if validation_images is None or not len(validation_images):
             raise AnomalyError("validation_images: an autoencoder needs defect-free validation images "
                                "for early stopping")
+        train_images, validation_images = self.prepare(train_images), self.prepare(validation_images)
+        for images in (train_images, validation_images):
+            if isinstance(images, ImageFiles):  # streamed from files during training: check them first
+                images.verify()
         if self.checkpoint_dir is None:
             with tempfile.TemporaryDirectory(prefix="anomaly-checkpoint-") as folder:
-                return self._fit(self.prepare(train_images), self.prepare(validation_images), Path(folder),
-                                 False, progress)
-        return self._fit(self.prepare(train_images), self.prepare(validation_images), Path(self.checkpoint_dir),
-                         self.resume, progress)
+                return self._fit(train_images, validation_images, Path(folder), False, progress)
+        return self._fit(train_images, validation_images, Path(self.checkpoint_dir), self.resume, progress)
 
     def _fit(self, train_images: np.ndarray, val_images: np.ndarray, checkpoint_dir: Path,
              resume: bool, progress: bool) -> AutoencoderDetector:
