@@ -129,7 +129,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
         deadline: a `time.perf_counter()` value by which the test must end: after a few steps
             have shown the pace, the sweep is shortened (still from `start` to `end`) to fit.
         check_pace: called with the seconds per step once the pace is known (after a few steps,
-            or earlier when the deadline passes first); may raise to stop before training.
+            or after the first one past the tracing when the deadline passes first); may raise
+            to stop before training.
 
     Returns:
         The curve and the chosen learning rate.
@@ -146,7 +147,7 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
     lrs, smoothed = [], []
     avg, best, lr = 0.0, math.inf, start
     reason = f"reached {epochs} epochs"
-    traced, started = 0.0, time.perf_counter()
+    traced = 0.0
     for i, (x, y) in enumerate(dataset.take(total)):
         if i >= total:  # the sweep was shortened to fit the deadline
             break
@@ -156,8 +157,10 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
             now = time.perf_counter()
             if i == 0:
                 traced = now  # the first step pays for tracing; the pace is measured after it
-            if check_pace is not None and (i == _PACE_STEPS or (now > deadline and i < _PACE_STEPS)):
-                check_pace((now - traced) / i if i else now - started)
+            # The pace is judged after a few steps, or after one past the tracing if the deadline
+            # comes first (a slow trace alone says nothing of the steps that follow).
+            if check_pace is not None and (i == _PACE_STEPS or (now > deadline and 0 < i < _PACE_STEPS)):
+                check_pace((now - traced) / i)
             if i == _PACE_STEPS:
                 fits = int((deadline - now) / ((now - traced) / i))
                 if i + 1 + fits < total:
@@ -165,7 +168,7 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
                     mult = (end / lr) ** (1.0 / (total - i - 1))
                     bar.target = total
                     reason = f"shortened to {total} steps by the time budget"
-            if now > deadline:
+            if now > deadline and i > 0:
                 reason = "the time budget ran out"
                 break
         if not math.isfinite(loss):
