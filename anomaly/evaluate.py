@@ -24,6 +24,9 @@ from anomaly.progress import step as progress_step
 PREDICTION_FIELDS = ("image", "label", "defect_type", "score", "predicted", "used_for_finetune")
 
 
+REPORT_FILE = "report.html"
+
+
 def _predictions_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=PREDICTION_FIELDS, lineterminator="\n")
@@ -49,7 +52,7 @@ def _read_finetune(model_dir: Path, method: str | None, dtype: str | None) -> li
 
 
 def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, report: bool = False) -> dict:
     """Test one finetuned (method, dtype) pair and write `test/<method>_<dtype>/`.
 
     Args:
@@ -58,6 +61,7 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
         pp: the post-processing saved beside it.
         save: also write the maps and a picture per image.
         progress: print what it does.
+        report: also write report.html (`anomaly.report`).
 
     Returns:
         The content of metrics.json.
@@ -115,6 +119,12 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
             _save_pictures(tmp, test, images, maps, decided.masks, recons, masks, scores, predicted, threshold,
                            progress)
         modeldir.write_json(tmp / modeldir.METRICS_FILE, metrics)
+        if report:
+            from anomaly.report import write_report
+
+            title = f"{loaded.model_dir.name}: {loaded.dataset.name} test, map {method}/{dtype}"
+            write_report(tmp / REPORT_FILE, title, [s.relpath for s in test], scores, maps, images, threshold,
+                         min_area, labels, masks, {k: v for k, v in metrics.items() if k != "model_file"})
     metrics["dir"] = str(target)
     return metrics
 
@@ -145,12 +155,12 @@ def _save_pictures(folder: Path, test, images, maps, seg, recons, masks, scores,
 
 
 def evaluate(path: str | Path, save: bool = False, method: str | None = None, dtype: str | None = None,
-             progress: bool = True, data_dir: str | Path | None = None) -> list[dict]:
+             progress: bool = True, data_dir: str | Path | None = None, report: bool = False) -> list[dict]:
     """Test every finetuned (method, dtype) pair of a model (or only the one asked for).
 
     Returns:
         One metrics dict per pair.
     """
     loaded = load_model(path, data_dir)
-    return [evaluate_one(loaded, params, pp, save=save, progress=progress)
+    return [evaluate_one(loaded, params, pp, save=save, progress=progress, report=report)
             for params, pp in _read_finetune(loaded.model_dir, method, dtype)]

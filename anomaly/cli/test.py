@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data-dir", help="the dataset folder, when it has moved since training (default: the "
                    "folder recorded in the model's config.yaml)")
     p.add_argument("-s", "--save", action="store_true", help="write images/ and maps/")
+    p.add_argument("--report", action="store_true", help="write report.html: metrics, curves, every image with "
+                   "thumbnails, a threshold slider (self-contained, opens in any browser)")
     p.add_argument("-m", "--method", lazy_help=_method_help)
     p.add_argument("-t", "--dtype", help="test only this dtype (float64 or uint8)")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
@@ -33,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     from anomaly.evaluate import evaluate
 
     results = evaluate(args.path, save=args.save, method=args.method, dtype=args.dtype, progress=not args.quiet,
-                       data_dir=args.data_dir)
+                       data_dir=args.data_dir, report=args.report)
     print_metrics(results)
     for r in results:
-        print(f"saved: {r['dir']}" + (" (pictures in images/, maps in maps/)" if args.save else ""))
+        print(f"saved: {r['dir']}" + (" (pictures in images/, maps in maps/)" if args.save else "")
+              + (" (report.html)" if args.report else ""))
     return 0
 
 

@@ -40,6 +40,26 @@ def _paint(rgb: np.ndarray, where: np.ndarray, colour: np.ndarray) -> np.ndarray
     return out
 
 
+def heat_overlay(image: np.ndarray, amap: np.ndarray, bottom: float, top: float,
+                 threshold: float | None = None) -> np.ndarray:
+    """The map in "inferno" from `bottom` to `top` blended half over the image (both (H, W, 3)
+    in [0, 1] out), with the region over `threshold` outlined in cyan."""
+    heat = 0.5 * _rgb(image) + 0.5 * _colour(amap, "inferno", bottom, top)
+    if threshold is not None:
+        heat = _paint(heat, find_boundaries(amap > threshold, mode="inner"), CYAN)
+    return heat
+
+
+def mask_overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """The predicted mask in orange over the image, the true defect outlined in cyan."""
+    seg = _rgb(image).copy()
+    mask = np.asarray(predicted, bool)
+    seg[mask] = 0.4 * seg[mask] + 0.6 * np.array([1.0, 0.45, 0.0])  # orange, as matplotlib's "autumn"
+    if truth is not None:
+        seg = _paint(seg, find_boundaries(np.asarray(truth, bool), mode="inner"), CYAN)
+    return seg
+
+
 def render_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray,
                   reconstruction: np.ndarray | None = None, truth: np.ndarray | None = None, title: str = "",
                   vmax: float | None = None, threshold: float | None = None) -> np.ndarray:
@@ -59,14 +79,8 @@ def render_result(image: np.ndarray, amap: np.ndarray, predicted: np.ndarray,
     base = _rgb(image)
     top = float(vmax or amap.max() or 1.0)
     bottom = min(0.0, float(amap.min()))
-    heat = 0.5 * base + 0.5 * _colour(amap, "inferno", bottom, top)
-    if threshold is not None:
-        heat = _paint(heat, find_boundaries(amap > threshold, mode="inner"), CYAN)
-    mask = np.asarray(predicted, bool)
-    seg = base.copy()
-    seg[mask] = 0.4 * seg[mask] + 0.6 * np.array([1.0, 0.45, 0.0])  # orange, as matplotlib's "autumn"
-    if truth is not None:
-        seg = _paint(seg, find_boundaries(np.asarray(truth, bool), mode="inner"), CYAN)
+    heat = heat_overlay(base, amap, bottom, top, threshold)
+    seg = mask_overlay(base, predicted, truth)
     panels = [("input", base)]
     if reconstruction is not None:
         panels.append(("reconstruction", _rgb(reconstruction)))
