@@ -31,6 +31,7 @@ from anomaly.progress import step as progress_step
 PREDICTIONS_FILE = modeldir.PREDICTIONS_FILE
 ERRORS_FILE = "errors.csv"
 RECORD_FILE = "predict.json"
+REPORT_FILE = "report.html"
 FIELDS = ["image", "score", "is_anomalous", "anomalous_area_px", "threshold", "min_area"]
 _GLOB_CHARS = set("*?[")
 
@@ -158,7 +159,7 @@ def _picture_path(out: Path, image: Path, root: Path | None) -> Path:
 
 def predict_files(model: Model, inputs: list[str], out: str | Path | None = None, save: bool = False,
                   threshold: float | None = None, min_area: int | None = None, batch_size: int = 32,
-                  progress: bool = True) -> PredictOutcome:
+                  progress: bool = True, report: bool = False) -> PredictOutcome:
     """Judge every image `inputs` names and write predictions.csv (and pictures) into `out`.
 
     Args:
@@ -171,6 +172,8 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
         threshold, min_area: the decision rule for this run (default: the finetuned pair).
         batch_size: images per forward pass.
         progress: show a progress bar.
+        report: also write report.html of the images this run judged (`anomaly.report`; its
+            thumbnails, a few KB per image, are kept until the end).
 
     Returns:
         What was done; the failed images are also in errors.csv.
@@ -201,6 +204,11 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
         root = None
     record = _write_record(out, model, inputs, threshold, min_area, len(images))
     vmax = 2.0 * threshold if threshold > 0 else None  # the threshold mid-scale on every picture
+    builder = None
+    if report:
+        from anomaly.report import ReportBuilder, grid_around
+
+        builder = ReportBuilder(grid_around(threshold), threshold, min_area, min(0.0, threshold), vmax or 1.0)
     start = time.perf_counter()
     new_file = not (out / PREDICTIONS_FILE).is_file()
     with open(out / PREDICTIONS_FILE, "a", newline="") as rows_file, \
@@ -228,11 +236,17 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
                                int(pred.masks[i].sum()), _number(threshold), min_area])
                 if save:
                     _save_one(out, path, root, batch[i], pred, i, threshold, vmax)
+            if builder is not None:
+                builder.add([str(p) for p in paths], pred.scores, pred.maps, batch)
             rows_file.flush()  # an interrupted run keeps every row written so far
             outcome.predicted += len(paths)
             outcome.anomalous += int(pred.is_anomalous.sum())
             advance_progress(len(paths))
     outcome.seconds = time.perf_counter() - start
+    if builder is not None:
+        builder.write(out / REPORT_FILE, f"{Path(str(model.directory)).name}: {outcome.predicted} images judged",
+                      {"images judged": outcome.predicted, "anomalous": outcome.anomalous,
+                       "unreadable": len(outcome.failed), "threshold": threshold, "min_area": min_area})
     modeldir.write_json(out / RECORD_FILE, {**record, "finished": True, "judged": len(images) - len(outcome.failed),
                                             "failed": len(outcome.failed)})
     return outcome

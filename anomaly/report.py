@@ -69,10 +69,73 @@ def _curve_svg(title: str, x: np.ndarray, y: np.ndarray, x_label: str, y_label: 
             f'</text></svg></figure>')
 
 
+class ReportBuilder:
+    """The page's rows, added batch by batch (a prediction run streams), then written once.
+
+    Args:
+        grid: the slider's thresholds (see `threshold_grid`, `grid_around`).
+        threshold, min_area: the decision rule; the slider starts at the grid's nearest threshold.
+        bottom, top: the colour scale of the map thumbnails.
+    """
+
+    def __init__(self, grid: np.ndarray, threshold: float, min_area: int, bottom: float, top: float):
+        self.grid, self.threshold, self.min_area = np.asarray(grid, np.float64), float(threshold), int(min_area)
+        self.bottom, self.top = bottom, top
+        self.start = int(np.argmin(np.abs(self.grid - self.threshold)))
+        self.rows: list[str] = []
+        self.areas: list[list[int]] = []
+        self.labels: list[int] | None = []
+
+    def add(self, names: list[str], scores: np.ndarray, maps: np.ndarray, images: np.ndarray,
+            labels: np.ndarray | None = None, masks: np.ndarray | None = None) -> None:
+        """Rows for a batch: (N,) scores, (N, H, W) post-processed maps, (N, H, W, C) inputs in [0, 1]."""
+        from anomaly.postprocessing import segment
+
+        areas = largest_area_table(maps, self.grid).T  # (N, steps): largest region at each threshold
+        predicted = segment(maps, self.threshold, self.min_area)
+        if labels is None:
+            self.labels = None
+        for i, name in enumerate(names):
+            k = len(self.areas)
+            thumbs = thumbnails(images[i], maps[i], predicted[i], None if masks is None else masks[i],
+                                self.bottom, self.top, self.threshold)
+            truth = "" if labels is None else ("defective" if labels[i] else "good")
+            self.rows.append(f'<tr data-i="{k}"><td>{html.escape(name)}</td><td>{scores[i]:.6g}</td>'
+                             f'<td>{truth}</td><td class="decision"></td><td>{int(areas[i, self.start])}</td>'
+                             + "".join(f'<td><img src="{t}" alt="" width="{THUMBNAIL}"></td>' for t in thumbs)
+                             + "</tr>")
+            self.areas.append([int(a) for a in areas[i]])
+            if self.labels is not None:
+                self.labels.append(int(labels[i]))
+
+    def write(self, path: Path, title: str, metrics: dict | None = None, curves: str = "") -> Path:
+        """Write the page at `path`, whole or not at all."""
+        shown = {k: v for k, v in (metrics or {}).items()
+                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        metric_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float)
+                              else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                              for k, v in shown.items())
+        data = {"thresholds": [float(t) for t in self.grid], "areas": self.areas, "min_area": self.min_area,
+                "labels": self.labels, "start": self.start}
+        page = _PAGE.format(title=html.escape(title), metrics=metric_rows, curves=curves, rows="".join(self.rows),
+                            steps=len(self.grid) - 1, start=self.start, min_area=self.min_area,
+                            data=json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
+        modeldir.write_text(Path(path), page)
+        return Path(path)
+
+
+def grid_around(threshold: float, steps: int = STEPS) -> np.ndarray:
+    """Thresholds from 0 (or twice below a negative threshold) to three times it, for a run whose
+    maps are not all known in advance (prediction); the threshold itself included."""
+    scale = abs(threshold) or 1.0
+    low = 0.0 if threshold > 0 else threshold - 2 * scale
+    return np.unique(np.append(np.linspace(low, threshold + 2 * scale, steps - 1), threshold))
+
+
 def write_report(path: Path, title: str, names: list[str], scores: np.ndarray, maps: np.ndarray,
                  images: np.ndarray, threshold: float, min_area: int, labels: np.ndarray | None = None,
                  masks: np.ndarray | None = None, metrics: dict | None = None) -> Path:
-    """Write report.html at `path` (whole or not at all).
+    """Write report.html for a whole set at once (a test run), whole or not at all.
 
     Args:
         path: the file to write.
@@ -92,23 +155,10 @@ def write_report(path: Path, title: str, names: list[str], scores: np.ndarray, m
     from sklearn.metrics import roc_curve
 
     from anomaly.metrics import pro_curve
-    from anomaly.postprocessing import segment
 
-    grid = threshold_grid(maps, threshold)
-    areas = largest_area_table(maps, grid).T  # (N, steps): largest region at each threshold
-    start = int(np.argmin(np.abs(grid - threshold)))
-    top = float(np.quantile(maps, 0.999)) or 1.0
-    bottom = min(0.0, float(maps.min()))
-    predicted = segment(maps, threshold, min_area)
-    rows = []
-    for i, name in enumerate(names):
-        label = None if labels is None else int(labels[i])
-        thumbs = thumbnails(images[i], maps[i], predicted[i], None if masks is None else masks[i],
-                            bottom, top, threshold)
-        truth = "" if label is None else ("defective" if label else "good")
-        rows.append(f'<tr data-i="{i}"><td>{html.escape(name)}</td><td>{scores[i]:.6g}</td>'
-                    f'<td>{truth}</td><td class="decision"></td><td>{int(areas[i, start])}</td>'
-                    + "".join(f'<td><img src="{t}" alt="" width="{THUMBNAIL}"></td>' for t in thumbs) + "</tr>")
+    builder = ReportBuilder(threshold_grid(maps, threshold), threshold, min_area,
+                            min(0.0, float(maps.min())), float(np.quantile(maps, 0.999)) or 1.0)
+    builder.add(names, scores, maps, images, labels, masks)
     curves = []
     if labels is not None and 0 < int(np.sum(labels)) < len(labels):
         fpr, tpr, _ = roc_curve(labels, scores)
@@ -116,17 +166,7 @@ def write_report(path: Path, title: str, names: list[str], scores: np.ndarray, m
     if masks is not None and masks.any() and (~masks).any():
         pfpr, pro = pro_curve(masks, maps)
         curves.append(_curve_svg("PRO (regions)", pfpr, pro, "false-positive rate", "per-region overlap", 0.3))
-    shown = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    metric_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float)
-                          else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                          for k, v in shown.items())
-    data = {"thresholds": [float(t) for t in grid], "areas": areas.astype(int).tolist(), "min_area": int(min_area),
-            "labels": None if labels is None else [int(v) for v in labels], "start": start}
-    page = _PAGE.format(title=html.escape(title), metrics=metric_rows, curves="".join(curves), rows="".join(rows),
-                        steps=len(grid) - 1, start=start, min_area=int(min_area),
-                        data=json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
-    modeldir.write_text(Path(path), page)
-    return Path(path)
+    return builder.write(path, title, metrics, "".join(curves))
 
 
 _PAGE = """<!doctype html>

@@ -100,3 +100,39 @@ def test_the_slider_updates_the_numbers_as_the_package_computes_them(reported):
         assert scores == sorted(scores)
     finally:
         driver.quit()
+
+
+def test_the_prediction_report_redecides_unlabelled_images_as_the_package_does(reported, tmp_path):
+    import anomaly
+    from anomaly.cli import predict as predict_cli
+    from anomaly.config import saved_config
+
+    model_dir, _ = reported
+    test = saved_config(model_dir).dataset().test
+    folder = test[0].path.parents[1]  # the test folder: every image, no labels given
+    out = tmp_path / "out"
+    assert predict_cli.main(["-p", str(model_dir), str(folder), "-o", str(out), "-q", "--report"]) == 0
+    text = (out / "report.html").read_text()
+    assert not re.search(r"(src|href)=\"(https?:)?//", text) and _data(text)["labels"] is None
+    driver = _browser()
+    try:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        driver.get((out / "report.html").resolve().as_uri())
+        paths = [row.find_element(By.CSS_SELECTOR, "td").text
+                 for row in driver.find_elements(By.CSS_SELECTOR, "#images tbody tr")]
+        slider = driver.find_element(By.ID, "threshold")
+        model = anomaly.load(model_dir)
+        for moves, key in ((0, Keys.ARROW_LEFT), (10, Keys.ARROW_LEFT)):
+            for _ in range(moves):
+                slider.send_keys(key)
+            threshold = driver.execute_script(f"return DATA.thresholds[{int(slider.get_attribute('value'))}];")
+            expected = model.predict(paths, threshold=threshold).is_anomalous
+            decisions = [row.find_element(By.CSS_SELECTOR, ".decision").text
+                         for row in driver.find_elements(By.CSS_SELECTOR, "#images tbody tr")]
+            assert decisions == ["anomalous" if p else "good" for p in expected]
+            assert driver.find_element(By.ID, "n-anomalous").text == f"{int(expected.sum())} of {len(paths)}"
+            assert driver.find_element(By.ID, "tpr").text == "n/a"
+    finally:
+        driver.quit()

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's folder is continued")
     p.add_argument("-s", "--save", action="store_true",
                    help="also write images/ (heat map and predicted outline) and maps/ (raw .npy maps)")
+    p.add_argument("--report", action="store_true", help="also write report.html: every image judged by this run "
+                   "with thumbnails, sortable, and a threshold slider (self-contained)")
     p.add_argument("--threshold", type=float, help="decision threshold for this run (default: the finetuned one)")
     p.add_argument("--min-area", type=int, help="least anomalous area in pixels for this run (default: finetuned)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass (default 32)")
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     model = anomaly.load(args.path, method=args.method)
     try:
         outcome = predict_files(model, args.inputs, args.out, save=args.save, threshold=args.threshold,
-                                min_area=args.min_area, batch_size=args.batch_size, progress=not args.quiet)
+                                min_area=args.min_area, batch_size=args.batch_size, progress=not args.quiet,
+                                report=args.report)
     except KeyboardInterrupt:
         print("interrupted: the rows written so far are kept; run the same command again to continue",
               file=sys.stderr)
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = outcome.predicted / outcome.seconds if outcome.seconds else 0.0
     print(f"{outcome.predicted} images judged ({rate:.1f} images/s): {outcome.anomalous} anomalous"
           + (f"; {outcome.skipped} already in {PREDICTIONS_FILE}" if outcome.skipped else ""))
-    print(f"saved: {outcome.out / PREDICTIONS_FILE}")
+    print(f"saved: {outcome.out / PREDICTIONS_FILE}" + (" and report.html" if args.report else ""))
     if outcome.failed:
         print(f"{len(outcome.failed)} images could not be read: see {outcome.out / ERRORS_FILE}", file=sys.stderr)
         return 1
