@@ -195,9 +195,13 @@ class BackboneDetectorMixin:
         return in_batches(self.traced(fn), images, batch_size or self.batch_size)[0]
 
     def output_shape(self, fn: Callable) -> tuple[int, ...]:
-        """The shape of `fn`'s output for one image, less the batch (one blank image, not counted as progress)."""
-        blank = tf.zeros((1, *self.input_shape), tf.float32)
-        return tuple(int(d) for d in self.traced(fn)(blank).shape[1:])
+        """The shape of `fn`'s output for one image, less the batch (one blank image, not counted as
+        progress; kept, as it depends only on the input shape and the layers)."""
+        shapes = self.__dict__.setdefault("_shapes", {})
+        if fn.__name__ not in shapes:
+            blank = tf.zeros((1, *self.input_shape), tf.float32)
+            shapes[fn.__name__] = tuple(int(d) for d in self.traced(fn)(blank).shape[1:])
+        return shapes[fn.__name__]
 
     def stream(self, fn: Callable, images, batch_size: int | None = None):
         """Yield `fn` (a method: image batch -> tensor) of consecutive batches as numpy arrays."""

@@ -54,8 +54,8 @@ def greedy_coreset(features: np.ndarray, n: int, projection_dim: int = 128, n_st
     squared, anchor = _anchor(x, tf.constant(starts, tf.int32))
     chosen = []
     # In segments, so a long selection shows its progress; each continues the last one's distances.
-    while sum(len(c) for c in chosen) < n:
-        k = min(_SEGMENT, n - sum(len(c) for c in chosen))
+    for done in range(0, n, _SEGMENT):
+        k = min(_SEGMENT, n - done)
         picks, anchor = _greedy(x, squared, anchor, tf.constant(k))
         chosen.append(picks.numpy())
         if on_picks is not None:
@@ -149,6 +149,11 @@ CHUNK_ROWS = 1 << 17
 OVERSAMPLE = 2
 
 
+def _exact(patches: int, width: int) -> bool:
+    """Whether the coreset of `patches` float32 features of `width` is chosen from all at once."""
+    return patches * width * 4 <= EXACT_BYTES
+
+
 def _chunked_coreset(batches, total: int, n: int, seed: int, progress: bool = False) -> np.ndarray:
     """`n` rows of `total` streamed feature rows: greedy coresets of chunks, then of their union."""
     candidates, buffer, held, chunk = [], [], 0, 0
@@ -239,7 +244,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         h, w, _ = self.output_shape(self._local_patches)
         self.grid_ = (h, w)
         rows = self.stream(self._local_patches, images)
-        if total * width * 4 <= EXACT_BYTES:
+        if _exact(total, width):
             features = np.empty((total, width), np.float32)
             for start, batch in row_offsets(rows):
                 features[start:start + len(batch)] = batch
@@ -255,7 +260,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
     def fit_plan(self, n_images: int) -> str:
         total, n, width = self.bank_plan(n_images)
         mib = 4 * width / 2 ** 20
-        if total * width * 4 <= EXACT_BYTES:
+        if _exact(total, width):
             how = f"chosen from all patches at once ({total * mib:,.0f} MiB of features)"
         else:
             candidates = min(total, math.ceil(OVERSAMPLE * n * (1 + CHUNK_ROWS / total)))
