@@ -150,7 +150,7 @@ def _csv_text(rows) -> str:
 
 def _picture_path(out: Path, image: Path, root: Path | None) -> Path:
     """images/<path relative to the inputs' common folder>.png, always inside `out`."""
-    rel = image.resolve().relative_to(root) if root is not None else Path(image.name)
+    rel = image.relative_to(root) if root is not None else Path(image.name)  # both absolute (expand_inputs)
     parts = [p for p in rel.parts if p not in ("", ".", "..", "/")] or [image.name]
     # a.png -> a.png, a.jpg -> a.jpg.png: a.png and a.jpg side by side get a picture each
     name = parts[-1] if parts[-1].lower().endswith(".png") else f"{parts[-1]}.png"
@@ -199,7 +199,7 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     (out / ERRORS_FILE).unlink(missing_ok=True)  # a continued run tries the failed images again
     try:
-        root = Path(os.path.commonpath([p.resolve().parent for p in images]))
+        root = Path(os.path.commonpath([p.parent for p in images]))
     except ValueError:  # different drives
         root = None
     record = _write_record(out, model, inputs, threshold, min_area, len(images))
