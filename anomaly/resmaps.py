@@ -204,9 +204,14 @@ RESIDUALS = {"ssim": _ssim_residual, "mssim": ms_ssim_residual, "l2": _l2_map}
 
 def finish_map(raw: tf.Tensor, method: str, dtype: str) -> np.ndarray:
     """Clip (ssim) and quantise (uint8) a raw residual map; float32 numpy (N, H, W)."""
-    maps = raw.numpy().astype(np.float32, copy=False)
+    return finish_tensor(raw, method, dtype).numpy()
+
+
+def finish_tensor(raw: tf.Tensor, method: str, dtype: str) -> tf.Tensor:
+    """`finish_map` as TensorFlow operations (for traced and exported graphs)."""
+    maps = tf.cast(raw, tf.float32)
     if method == "ssim":
-        maps = np.clip(maps, 0.0, 1.0)
+        maps = tf.clip_by_value(maps, 0.0, 1.0)
     if dtype == "uint8":
-        maps = np.round(np.clip(maps, 0.0, 1.0) * 255.0)
+        maps = tf.round(tf.clip_by_value(maps, 0.0, 1.0) * 255.0)  # half to even, as numpy's round
     return maps

@@ -19,7 +19,7 @@ from anomaly.errors import AnomalyError
 from anomaly.losses import LOSSES, MSSIM_MIN_SIZE, get_loss, get_metric
 from anomaly.models import build_model
 from anomaly.progress import advance as advance_progress
-from anomaly.resmaps import RESIDUALS, check_method, finish_map
+from anomaly.resmaps import RESIDUALS, check_method, finish_map, finish_tensor
 from anomaly.schedule import (
     MIN_FINDER_STEPS,
     OneCycle,
@@ -247,6 +247,16 @@ class AutoencoderDetector(Detector):
 
             self._predict[method] = predict
         return self._predict[method]
+
+    def map_function(self, method: str, dtype: str):
+        """The network, its residual map and `finish_map` (see `Detector.map_function`)."""
+        check_method(method, dtype)
+        model, residual = self.model, RESIDUALS[method]
+
+        def maps(x):
+            return finish_tensor(residual(x, tf.cast(model(x, training=False), tf.float32)), method, dtype)
+
+        return maps
 
     def fit_record(self, seconds: float) -> FitResult:
         return self.fit_result_

@@ -227,6 +227,28 @@ class Detector(ABC):
         maps = self.anomaly_maps(images)
         return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
 
+    def map_function(self, method: str, dtype: str):
+        """The raw maps as one TensorFlow function, for an exported graph (`anomaly.deploy`).
+
+        Args:
+            method, dtype: the map, as `anomaly_maps` takes them.
+
+        Returns:
+            A traceable function from a float32 (N, *input_shape) batch in [0, 1] to (N, H, W)
+            float32 maps equal to `anomaly_maps`' (to float32 rounding). It makes its constants
+            when traced (tf.constant inside it): converters such as tf2onnx turn tensors a graph
+            captures from outside into inputs.
+
+        Raises:
+            AnomalyError: the detector (or this map of it) cannot run as a TensorFlow graph.
+        """
+        raise AnomalyError(f"{self.name} cannot be exported: its maps are not computed in TensorFlow")
+
+    def score_function(self):
+        """`image_scores` as one TensorFlow function (float32 (N, *input_shape) -> (N,)), for the
+        detectors whose image score is their own (`own_image_score`)."""
+        raise AnomalyError(f"{self.name} has no image score of its own to export")
+
     def prepare(self, images) -> np.ndarray:
         """Images as float32 (N, *input_shape): resized and converted to the detector's channels.
 

@@ -80,6 +80,13 @@ def fit_gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0).astype(np.float32), LedoitWolf().fit(x).precision_.astype(np.float32)
 
 
+def mahalanobis_tensor(x: tf.Tensor, mean, precision) -> tf.Tensor:
+    """`mahalanobis` in TensorFlow, float32 (for traced and exported graphs)."""
+    d = x - tf.constant(mean, tf.float32)
+    squared = tf.reduce_sum(tf.linalg.matmul(d, tf.constant(precision, tf.float32)) * d, axis=-1)
+    return tf.sqrt(tf.maximum(squared, 0.0))
+
+
 def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Mahalanobis distances of (..., D) samples: shape (...)."""
     d = np.asarray(x, np.float64) - mean
@@ -310,16 +317,12 @@ class CutPasteDetector(Detector):
 
     def _dense_scores(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """(N, h, w) Mahalanobis distances of the dense features, computed in TensorFlow (float32)."""
-        self._dense_features(images[:1])  # builds the feature network eagerly, outside any trace
-        mean = tf.constant(self.dense_mean_, tf.float32)
-        precision = tf.constant(self.dense_precision_, tf.float32)
+        return in_batches(self._traced("dense_scores", self._dense_score_run()), images, batch_size)[0]
 
-        def run(x):
-            d = self._dense_batch(x) - mean
-            squared = tf.reduce_sum(tf.linalg.matmul(d, precision) * d, axis=-1)
-            return tf.sqrt(tf.maximum(squared, 0.0))
-
-        return in_batches(self._traced("dense_scores", run), images, batch_size)[0]
+    def _dense_score_run(self):
+        """The batch function of `_dense_scores` (the feature network is built here, outside any trace)."""
+        self._dense_run()
+        return lambda x: mahalanobis_tensor(self._dense_batch(x), self.dense_mean_, self.dense_precision_)
 
     def _gradcam(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """(N, h, w) Grad-CAM of the image Mahalanobis distance on the backbone's last feature map."""
@@ -356,6 +359,53 @@ class CutPasteDetector(Detector):
             kde = KernelDensity(kernel="gaussian", bandwidth=1.0).fit(unit(self.train_embeddings_.astype(np.float64)))
             return -kde.score_samples(unit(emb))
         return mahalanobis(emb, self.image_mean_, self.image_precision_)
+
+    def map_function(self, method: str, dtype: str):
+        """The `dense` or `patch` maps in TensorFlow (see `Detector.map_function`); `gradcam` needs gradients,
+        which an exported graph does not carry."""
+        if dtype != "float64":
+            raise AnomalyError(f"dtype: cutpaste maps are float64, got {dtype}")
+        size = self.input_shape[:2]
+        if method == "dense":
+            if getattr(self, "dense_mean_", None) is None:
+                raise AnomalyError("this cutpaste model was trained before dense maps existed; retrain it", "method")
+            scores = self._dense_score_run()
+            return lambda x: to_full_map(scores(x), size, self.map_sigma)
+        if method != "patch":
+            raise AnomalyError(f"cutpaste's {method} maps cannot be exported (they need gradients at run time); "
+                               "finetune its dense or patch maps", "method")
+        embed, _ = self._patch_run()
+        h, w = size
+        inner = (h - self.patch_size + self.stride, w - self.patch_size + self.stride)
+        top, left = (h - inner[0]) // 2, (w - inner[1]) // 2
+        # Edge padding as gathers of clipped rows and columns (what np.pad's "edge" does).
+        rows = np.clip(np.arange(h) - top, 0, inner[0] - 1)
+        cols = np.clip(np.arange(w) - left, 0, inner[1] - 1)
+
+        def maps(x):
+            grid = mahalanobis_tensor(embed(x), self.patch_mean_, self.patch_precision_)
+            full = tf.gather(tf.gather(to_full_map(grid, inner, 0.0), rows, axis=1), cols, axis=2)
+            return to_full_map(full, size, self.map_sigma) if self.map_sigma > 0 else full
+
+        return maps
+
+    def score_function(self):
+        """`image_scores` in TensorFlow, float32: the Mahalanobis distance (gde) or -log density (kde)."""
+        self.network_  # noqa: B018 - built eagerly
+        if self.density == "kde":
+            train = self.train_embeddings_.astype(np.float64)
+            train = (train / np.linalg.norm(train, axis=1, keepdims=True)).astype(np.float32)
+            n, dims = train.shape
+            # scikit-learn's Gaussian KernelDensity of bandwidth 1: log sum exp(-d^2/2) - log n - dims/2 log(2 pi)
+            offset = float(np.log(n) + 0.5 * dims * np.log(2 * np.pi))
+
+            def kde(x):
+                emb = tf.math.l2_normalize(self._embed_batch(x), axis=1)
+                squared = tf.maximum(2.0 - 2.0 * tf.matmul(emb, tf.constant(train), transpose_b=True), 0.0)
+                return offset - tf.reduce_logsumexp(-0.5 * squared, axis=1)
+
+            return kde
+        return lambda x: mahalanobis_tensor(self._embed_batch(x), self.image_mean_, self.image_precision_)
 
     def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str, return_reconstructions: bool = False):
         """(N, H, W) float32 maps (`patch`, `dense` or `gradcam`, see the module), upsampled and smoothed."""

@@ -223,6 +223,15 @@ class BackboneDetectorMixin:
         maps = self.run_batched(self._maps, images)
         return (maps, None) if return_reconstructions else maps
 
+    def map_function(self, method: str, dtype: str) -> Callable:
+        """`_maps`, the function `anomaly_maps` runs batch by batch (see `Detector.map_function`)."""
+        from anomaly.errors import AnomalyError
+
+        if dtype != "float64":
+            raise AnomalyError(f"dtype: {self.name} maps are float64, got {dtype}")
+        self.extractor  # noqa: B018 - weights are loaded eagerly, never inside a trace
+        return self._maps
+
     def patch_features(self, images: np.ndarray) -> np.ndarray:
         """(N, h, w, D) locally aware patch features (`local_patches`) of the detector's layers."""
         return self.run_batched(self._local_patches, images)

@@ -23,6 +23,14 @@ from anomaly.detectors.features import BackboneDetectorMixin
 from anomaly.errors import AnomalyError
 
 
+def euclidean_distances(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """(N, M) Euclidean distances between the rows of `a` and of `b`, as scikit-learn's
+    `pairwise_distances`: |a|^2 - 2 a.b + |b|^2, clipped at 0 against rounding."""
+    squared = (tf.reduce_sum(a * a, axis=1)[:, None] - 2.0 * tf.matmul(a, b, transpose_b=True)
+               + tf.reduce_sum(b * b, axis=1)[None, :])
+    return tf.sqrt(tf.maximum(squared, 0.0))
+
+
 class _PooledFeatureDetector(BackboneDetectorMixin, Detector):
     """Shared parts: one backbone layer, globally average-pooled to a vector per image."""
 
@@ -51,6 +59,15 @@ class _PooledFeatureDetector(BackboneDetectorMixin, Detector):
     def score_features(self, features: np.ndarray) -> np.ndarray:
         """(N,) anomaly scores of pooled features, higher = more anomalous."""
         raise NotImplementedError
+
+    def _score_tensor(self, features: tf.Tensor) -> tf.Tensor:
+        """`score_features` in TensorFlow (float32), for the exported graph."""
+        raise NotImplementedError
+
+    def _maps(self, x):
+        """Each image's score painted over its map, in TensorFlow (the exported graph's maps)."""
+        scores = self._score_tensor(self._pooled(x))
+        return tf.broadcast_to(scores[:, None, None], (tf.shape(x)[0], *self.input_shape[:2]))
 
     def _anomaly_maps(self, images: np.ndarray, method: str, dtype: str, return_reconstructions: bool = False):
         """(N, H, W) float32 maps holding each image's score everywhere."""
@@ -109,6 +126,11 @@ class KNNDetector(_PooledFeatureDetector):
         d = pairwise_distances(features[:, self.dims_], self.bank_)
         k = min(self.k, self.bank_.shape[0])
         return np.sort(d, axis=1)[:, :k].mean(axis=1)
+
+    def _score_tensor(self, features: tf.Tensor) -> tf.Tensor:
+        d = euclidean_distances(tf.gather(features, self.dims_, axis=1), tf.constant(self.bank_, tf.float32))
+        k = min(self.k, self.bank_.shape[0])
+        return tf.reduce_mean(-tf.math.top_k(-d, k).values, axis=1)
 
     def summary(self) -> dict:
         return {"bank_size": int(len(self.bank_)), "feature_dim": int(self.bank_.shape[1]),
@@ -210,6 +232,9 @@ class KMeansDetector(_PooledFeatureDetector):
         from sklearn.metrics import pairwise_distances
 
         return pairwise_distances(features, self.centroids_).min(axis=1)
+
+    def _score_tensor(self, features: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_min(euclidean_distances(features, tf.constant(self.centroids_, tf.float32)), axis=1)
 
     def summary(self) -> dict:
         return {"bank_size": int(len(self.centroids_)), "feature_dim": int(self.centroids_.shape[1]),

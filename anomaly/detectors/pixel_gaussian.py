@@ -63,6 +63,17 @@ class PixelGaussianDetector(Detector):
             return maps, np.broadcast_to(self.mean_, np.shape(images)).copy()
         return maps
 
+    def map_function(self, method: str, dtype: str):
+        """`_anomaly_maps` in TensorFlow (see `Detector.map_function`)."""
+        import tensorflow as tf
+
+        if dtype != "float64":
+            raise AnomalyError(f"dtype: pixel-gaussian maps are float64, got {dtype}")
+        def maps(x):  # constants made when traced: a graph holds them, never captures them
+            return tf.reduce_mean(tf.abs(x - tf.constant(self.mean_)) / tf.constant(self.std_), axis=-1)
+
+        return maps
+
     def _save_state(self, path: Path) -> None:
         np.savez(path, mean=self.mean_, std=self.std_, std_floor=self.std_floor)
 

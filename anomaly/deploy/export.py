@@ -1,0 +1,192 @@
+"""A finetuned model as one self-contained graph: SavedModel, TFLite or ONNX.
+
+The graph takes a uint8 (N, H, W, C) batch at the camera's size and does what `anomaly-predict`
+does: the package's resize, the detector's maps, smoothing and normalisation, the image score,
+and the decision. Two entry points (SavedModel signatures, TFLite signature runners):
+
+- `serving_default(images)`: decides with the finetuned threshold and min area;
+- `decide(images, threshold, min_area)`: with a threshold and min area of the caller's.
+
+The ONNX model has the three inputs of `decide`; `threshold` and `min_area` hold the finetuned
+values as defaults (initialisers), so a caller may leave them out.
+
+Outputs, for every image: `score` (N,) float32, `map` (N, h, w) float32 at the model's input
+size after post-processing, `mask` (N, h, w) bool (the regions of at least min_area pixels over
+the threshold), `area` (N,) float32 (the largest region over the threshold, in pixels) and
+`is_anomalous` (N,) bool.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from anomaly.deploy import graph
+from anomaly.errors import AnomalyError
+
+FORMATS = ("saved_model", "tflite", "onnx")
+RECORD_FILE = "export.json"
+FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}  # the saved_model format is a folder
+OUTPUTS = ("score", "map", "mask", "area", "is_anomalous")
+ONNX_OPSET = 17
+
+
+class ServingModule(tf.Module):
+    """A finetuned `anomaly.api.Model` as a TensorFlow module with `serve` and `decide`.
+
+    Args:
+        model: the model (its detector and post-processing).
+        image_size: (H, W) of the images the graph takes; the model's input size by default.
+        counter: how regions are counted (`anomaly.deploy.graph.COUNTERS`), by the target format.
+    """
+
+    def __init__(self, model, image_size: tuple[int, int] | None = None, counter: str = "segment_sum"):
+        super().__init__(name="anomaly")
+        detector, pp = model.detector, model.postprocessor
+        self.input_shape = tuple(detector.input_shape)
+        self.image_size = tuple(image_size or self.input_shape[:2])
+        self.threshold, self.min_area = float(pp.threshold), int(pp.min_area)
+        self._pp, self._counter = pp, counter
+        self._maps = detector.map_function(pp.method, pp.dtype)
+        self._own_scores = detector.score_function() if pp.image_score == "detector" else None
+        images = tf.TensorSpec((None, *self.image_size, self.input_shape[-1]), tf.uint8, name="images")
+        self.decide = tf.function(self._decide, input_signature=[
+            images, tf.TensorSpec((), tf.float32, name="threshold"), tf.TensorSpec((), tf.int32, name="min_area")])
+        self.serve = tf.function(self._serve, input_signature=[images])
+        # The networks' weights, tracked so that tf.saved_model.save writes them.
+        self.captured_variables = list(self.serve.get_concrete_function().variables)
+
+    def _serve(self, images):
+        return self._decide(images, tf.constant(self.threshold, tf.float32), tf.constant(self.min_area, tf.int32))
+
+    def _decide(self, images, threshold, min_area):
+        pp = self._pp
+        x = graph.preprocess(images, self.input_shape)
+        maps = graph.smooth(tf.cast(self._maps(x), tf.float32), pp.smooth)
+        if pp.normalize:
+            maps = (maps - tf.constant(pp.stats.mean)) / tf.constant(pp.stats.std)
+        areas = graph.component_areas(maps > threshold, self._counter)
+        largest = tf.reduce_max(areas, axis=[1, 2])
+        least = tf.cast(tf.maximum(min_area, 1), tf.float32)  # a region has at least one pixel
+        if pp.image_score == "area":  # as the package: the area at the finetuned threshold
+            score = tf.reduce_max(graph.component_areas(maps > pp.threshold, self._counter), axis=[1, 2])
+        elif pp.image_score == "mean":
+            score = tf.reduce_mean(maps, axis=[1, 2])
+        elif pp.image_score == "detector":
+            score = tf.cast(self._own_scores(x), tf.float32)
+        else:
+            score = tf.reduce_max(graph.smooth(maps, pp.score_sigma), axis=[1, 2])
+        return {"score": score, "map": maps, "mask": areas >= least, "area": largest,
+                "is_anomalous": largest >= least}
+
+
+def default_output(model_dir: Path, fmt: str) -> Path:
+    """A new `<model dir>/export/<format>` (with `_1`, `_2`, ... when that one exists)."""
+    base = Path(model_dir) / "export" / fmt
+    return next(p for i in range(10_000) if not (p := base.with_name(f"{fmt}_{i}" if i else fmt)).exists())
+
+
+def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int, int] | None = None) -> Path:
+    """Write the model as one graph in `fmt`; returns the folder written.
+
+    Args:
+        model: a finetuned `anomaly.api.Model` (`anomaly.load`).
+        fmt: one of `FORMATS`.
+        out: the folder to create (it must not exist, or be empty); default `default_output`.
+        image_size: (H, W) of the images the graph will take (default: the model's input size).
+
+    Raises:
+        AnomalyError: an unknown format, a detector or map that cannot be exported, a converter
+            that is not installed, or an output folder that holds files. Nothing is written then.
+    """
+    if fmt not in FORMATS:
+        raise AnomalyError(f"unknown format '{fmt}': expected one of {', '.join(FORMATS)}", "format")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise AnomalyError(f"expected a height and a width >= 1, got {image_size}", "image_size")
+    if fmt == "onnx":
+        _onnx_modules()  # a missing converter is reported before any work
+    out = Path(out) if out is not None else default_output(model.directory, fmt)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AnomalyError(f"{out} already exists and is not an empty folder; name a new one", "out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    except OSError as exc:
+        raise AnomalyError(f"cannot write {out} ({exc.strerror or exc})", "out") from None
+    try:
+        module = ServingModule(model, image_size, "bincount" if fmt == "onnx" else "segment_sum")
+        _WRITERS[fmt](module, staging)
+        _write_record(staging, module, model, fmt)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _write_saved_model(module: ServingModule, folder: Path) -> None:
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve, "decide": module.decide})
+
+
+def _write_tflite(module: ServingModule, folder: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=folder) as saved:
+        _write_saved_model(module, Path(saved))
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default", "decide"])
+        try:
+            flatbuffer = converter.convert()
+        except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; the message is what matters
+            raise AnomalyError(f"TFLite cannot convert this model: {_first_line(exc)}", "format") from None
+    (folder / FILES["tflite"]).write_bytes(flatbuffer)
+
+
+def _write_onnx(module: ServingModule, folder: Path) -> None:
+    onnx, tf2onnx = _onnx_modules()
+    spec = module.decide.input_signature
+    try:
+        proto, _ = tf2onnx.convert.from_function(module.decide, input_signature=spec, opset=ONNX_OPSET)
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise AnomalyError(f"tf2onnx cannot convert this model: {_first_line(exc)}", "format") from None
+    # An initialiser named like an input is that input's default (ONNX IR >= 4): callers may omit them.
+    defaults = {"threshold": np.array(module.threshold, np.float32), "min_area": np.array(module.min_area, np.int32)}
+    for graph_input in proto.graph.input:
+        name = graph_input.name.split(":")[0]
+        if name in defaults:
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(defaults[name], graph_input.name))
+    onnx.save(proto, str(folder / FILES["onnx"]))
+
+
+_WRITERS = {"saved_model": _write_saved_model, "tflite": _write_tflite, "onnx": _write_onnx}
+
+
+def _onnx_modules():
+    try:
+        import onnx
+        import tf2onnx
+    except ImportError as exc:
+        raise AnomalyError(f"the onnx format needs tf2onnx and onnx ({exc}); install them with "
+                           "pip install -e '.[export]'", "format") from None
+    return onnx, tf2onnx
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _write_record(folder: Path, module: ServingModule, model, fmt: str) -> None:
+    from anomaly import __version__, modeldir
+
+    pp, detector = model.postprocessor, model.detector
+    modeldir.write_json(folder / RECORD_FILE, {
+        "format": fmt, "file": FILES.get(fmt, "."), "model": str(model.directory),
+        "detector": detector.name, "method": pp.method, "dtype": pp.dtype, "image_score": pp.image_score,
+        "images": {"dtype": "uint8", "shape": [None, *module.image_size, module.input_shape[-1]]},
+        "input_shape": list(module.input_shape), "threshold": module.threshold, "min_area": module.min_area,
+        "outputs": list(OUTPUTS), "signatures": ["serving_default", "decide"] if fmt != "onnx" else ["main"],
+        "anomaly_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
