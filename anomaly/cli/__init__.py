@@ -20,7 +20,7 @@ VERBOSE_FLAG = "--verbose"
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
+def stderr_silenced():
     """Send file descriptor 2 to /dev/null (C++ writes there directly, past sys.stderr)."""
     sys.stderr.flush()
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
@@ -45,7 +45,7 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
             exec_module = spec.loader.exec_module
 
             def quiet_exec(module):
-                with _stderr_silenced():
+                with stderr_silenced():
                     exec_module(module)
 
             spec.loader.exec_module = quiet_exec

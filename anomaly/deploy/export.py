@@ -55,17 +55,26 @@ class ServingModule(tf.Module):
         self._maps = detector.map_function(pp.method, pp.dtype)
         self._own_scores = detector.score_function() if pp.image_score == "detector" else None
         images = tf.TensorSpec((None, *self.image_size, self.input_shape[-1]), tf.uint8, name="images")
-        self.decide = tf.function(self._decide, input_signature=[
+
+        # TFLite names a signature after its Python function: these two names are the ones it keeps.
+        def serving_default(images):
+            return self._decide(images, tf.constant(self.threshold, tf.float32), tf.constant(self.min_area, tf.int32))
+
+        def decide(images, threshold, min_area):
+            return self._decide(images, threshold, min_area)
+
+        self.serve = tf.function(serving_default, input_signature=[images])
+        self.decide = tf.function(decide, input_signature=[
             images, tf.TensorSpec((), tf.float32, name="threshold"), tf.TensorSpec((), tf.int32, name="min_area")])
-        self.serve = tf.function(self._serve, input_signature=[images])
         # The networks' weights, tracked so that tf.saved_model.save writes them.
         self.captured_variables = list(self.serve.get_concrete_function().variables)
 
-    def _serve(self, images):
-        return self._decide(images, tf.constant(self.threshold, tf.float32), tf.constant(self.min_area, tf.int32))
-
     def _decide(self, images, threshold, min_area):
         pp = self._pp
+        # A loaded SavedModel's signature does not check shapes: another size or channel count would be
+        # reshaped into other images. (TFLite drops this check and its runners accept any shape; onnxruntime
+        # checks the declared one.)
+        images = tf.ensure_shape(images, (None, *self.image_size, self.input_shape[-1]))
         x = graph.preprocess(images, self.input_shape)
         maps = graph.smooth(tf.cast(self._maps(x), tf.float32), pp.smooth)
         if pp.normalize:
@@ -135,13 +144,13 @@ def _write_saved_model(module: ServingModule, folder: Path) -> None:
 
 
 def _write_tflite(module: ServingModule, folder: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=folder) as saved:
-        _write_saved_model(module, Path(saved))
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default", "decide"])
-        try:
-            flatbuffer = converter.convert()
-        except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; the message is what matters
-            raise AnomalyError(f"TFLite cannot convert this model: {_first_line(exc)}", "format") from None
+    # From the functions rather than a SavedModel: given both signatures, from_saved_model kept only the first.
+    functions = [module.serve.get_concrete_function(), module.decide.get_concrete_function()]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, module)
+    try:
+        flatbuffer = converter.convert()
+    except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; the message is what matters
+        raise AnomalyError(f"TFLite cannot convert this model: {_first_line(exc)}", "format") from None
     (folder / FILES["tflite"]).write_bytes(flatbuffer)
 
 
