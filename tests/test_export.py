@@ -269,3 +269,13 @@ def test_a_map_that_cannot_be_exported_names_why():
         detector.map_function("gradcam", "float64")
     with pytest.raises(AnomalyError, match="unknown format 'pt'"):
         export(None, "pt")
+
+
+def test_a_format_that_cannot_take_a_model_says_why_and_writes_nothing(tmp_path):
+    # baselineCAE's upsampling leaves its convolutions without static shapes, which TFLite's need.
+    detector = detector_class("baselineCAE")(input_shape=SHAPE)
+    detector.model  # noqa: B018 - built untrained: the conversion is what is tested
+    pp = PostProcessor.for_detector(detector, threshold=0.5, min_area=10)
+    with pytest.raises(AnomalyError, match=r"^format: TFLite cannot convert this model: 'tf.Conv2D' op is neither"):
+        export(Model(detector, pp, tmp_path), "tflite", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -184,8 +184,10 @@ def _onnx_modules():
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """The converter's own reason: its first "error: ..." line (MLIR prefixes it with a source location)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line[line.index("error: ") + 7:] for line in lines if "error: " in line), lines[0] if lines else "")
+    return reason[:300] or type(exc).__name__
 
 
 def _write_record(folder: Path, module: ServingModule, model, fmt: str) -> None:
