@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                    help="the size of the images the graph will take, e.g. the camera's (default: the model's "
                    "input size); the graph resizes them as anomaly-predict does")
+    p.add_argument("-b", "--batch-size", type=int, help="a fixed number of images per call (default: any); "
+                   "TFLite needs one for baselineCAE and inceptionCAE")
     p.add_argument("-m", "--method", help="which finetuned map, when several were finetuned")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's and the converters' messages")
     return p
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     model = anomaly.load(args.path, method=args.method)
     # The converters log hundreds of lines (MLIR passes, tf2onnx's optimiser); a failure is an AnomalyError.
     with contextlib.nullcontext() if args.verbose else stderr_silenced():
-        out = export(model, args.format, args.out, tuple(args.image_size) if args.image_size else None)
+        out = export(model, args.format, args.out, tuple(args.image_size) if args.image_size else None,
+                     args.batch_size)
     print(f"saved: {out}")
     return 0
 

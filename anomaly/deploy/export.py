@@ -43,18 +43,21 @@ class ServingModule(tf.Module):
         model: the model (its detector and post-processing).
         image_size: (H, W) of the images the graph takes; the model's input size by default.
         counter: how regions are counted (`anomaly.deploy.graph.COUNTERS`), by the target format.
+        batch_size: a fixed number of images per call (None: any).
     """
 
-    def __init__(self, model, image_size: tuple[int, int] | None = None, counter: str = "segment_sum"):
+    def __init__(self, model, image_size: tuple[int, int] | None = None, counter: str = "segment_sum",
+                 batch_size: int | None = None):
         super().__init__(name="anomaly")
         detector, pp = model.detector, model.postprocessor
         self.input_shape = tuple(detector.input_shape)
         self.image_size = tuple(image_size or self.input_shape[:2])
         self.threshold, self.min_area = float(pp.threshold), int(pp.min_area)
+        self.batch_size = batch_size
         self._pp, self._counter = pp, counter
         self._maps = detector.map_function(pp.method, pp.dtype)
         self._own_scores = detector.score_function() if pp.image_score == "detector" else None
-        images = tf.TensorSpec((None, *self.image_size, self.input_shape[-1]), tf.uint8, name="images")
+        images = tf.TensorSpec((batch_size, *self.image_size, self.input_shape[-1]), tf.uint8, name="images")
 
         # TFLite names a signature after its Python function: these two names are the ones it keeps.
         def serving_default(images):
@@ -74,7 +77,7 @@ class ServingModule(tf.Module):
         # A loaded SavedModel's signature does not check shapes: another size or channel count would be
         # reshaped into other images. (TFLite drops this check and its runners accept any shape; onnxruntime
         # checks the declared one.)
-        images = tf.ensure_shape(images, (None, *self.image_size, self.input_shape[-1]))
+        images = tf.ensure_shape(images, (self.batch_size, *self.image_size, self.input_shape[-1]))
         x = graph.preprocess(images, self.input_shape)
         maps = graph.smooth(tf.cast(self._maps(x), tf.float32), pp.smooth)
         if pp.normalize:
@@ -100,7 +103,8 @@ def default_output(model_dir: Path, fmt: str) -> Path:
     return next(p for i in range(10_000) if not (p := base.with_name(f"{fmt}_{i}" if i else fmt)).exists())
 
 
-def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int, int] | None = None) -> Path:
+def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int, int] | None = None,
+           batch_size: int | None = None) -> Path:
     """Write the model as one graph in `fmt`; returns the folder written.
 
     Args:
@@ -108,6 +112,8 @@ def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int
         fmt: one of `FORMATS`.
         out: the folder to create (it must not exist, or be empty); default `default_output`.
         image_size: (H, W) of the images the graph will take (default: the model's input size).
+        batch_size: a fixed number of images per call (default: any). A fixed batch gives a converter
+            static shapes everywhere, which TFLite needs for some networks (baselineCAE, inceptionCAE).
 
     Raises:
         AnomalyError: an unknown format, a detector or map that cannot be exported, a converter
@@ -117,6 +123,8 @@ def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int
         raise AnomalyError(f"unknown format '{fmt}': expected one of {', '.join(FORMATS)}", "format")
     if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
         raise AnomalyError(f"expected a height and a width >= 1, got {image_size}", "image_size")
+    if batch_size is not None and batch_size < 1:
+        raise AnomalyError(f"expected a positive number of images, got {batch_size}", "batch_size")
     if fmt == "onnx":
         _onnx_modules()  # a missing converter is reported before any work
     out = Path(out) if out is not None else default_output(model.directory, fmt)
@@ -128,7 +136,7 @@ def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int
     except OSError as exc:
         raise AnomalyError(f"cannot write {out} ({exc.strerror or exc})", "out") from None
     try:
-        module = ServingModule(model, image_size, "bincount" if fmt == "onnx" else "segment_sum")
+        module = ServingModule(model, image_size, "bincount" if fmt == "onnx" else "segment_sum", batch_size)
         _WRITERS[fmt](module, staging)
         _write_record(staging, module, model, fmt)
         if out.exists():
@@ -150,7 +158,8 @@ def _write_tflite(module: ServingModule, folder: Path) -> None:
     try:
         flatbuffer = converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; the message is what matters
-        raise AnomalyError(f"TFLite cannot convert this model: {_first_line(exc)}", "format") from None
+        hint = "" if module.batch_size else " (a fixed --batch-size, e.g. 1, gives it the static shapes it may need)"
+        raise AnomalyError(f"TFLite cannot convert this model: {_first_line(exc)}{hint}", "format") from None
     (folder / FILES["tflite"]).write_bytes(flatbuffer)
 
 
@@ -197,7 +206,7 @@ def _write_record(folder: Path, module: ServingModule, model, fmt: str) -> None:
     modeldir.write_json(folder / RECORD_FILE, {
         "format": fmt, "file": FILES.get(fmt, "."), "model": str(model.directory),
         "detector": detector.name, "method": pp.method, "dtype": pp.dtype, "image_score": pp.image_score,
-        "images": {"dtype": "uint8", "shape": [None, *module.image_size, module.input_shape[-1]]},
+        "images": {"dtype": "uint8", "shape": [module.batch_size, *module.image_size, module.input_shape[-1]]},
         "input_shape": list(module.input_shape), "threshold": module.threshold, "min_area": module.min_area,
         "outputs": list(OUTPUTS), "signatures": ["serving_default", "decide"] if fmt != "onnx" else ["main"],
         "anomaly_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
