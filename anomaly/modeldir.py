@@ -223,6 +223,12 @@ def replace_folder(target: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def unused_folder(base: Path) -> Path:
+    """`base`, or `base_1`, `base_2`, ... : the first that does not exist (a run never writes into another's)."""
+    base = Path(base)
+    return next(p for i in range(10_000) if not (p := base.with_name(f"{base.name}_{i}" if i else base.name)).exists())
+
+
 def finetune_dir(model_dir: Path, method: str, dtype: str) -> Path:
     return Path(model_dir) / "finetune" / f"{method}_{dtype}"
 

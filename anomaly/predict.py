@@ -95,8 +95,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def default_output(model_dir: Path) -> Path:
     """A new `<model dir>/predict/<timestamp>` (with `_1`, `_2`, ... when that one exists)."""
-    base = Path(model_dir) / "predict" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return next(p for i in range(10_000) if not (p := base.with_name(f"{base.name}_{i}" if i else base.name)).exists())
+    return modeldir.unused_folder(Path(model_dir) / "predict" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
 
 
 def unfinished_run(model_dir: Path, inputs: list[str], threshold: float, min_area: int) -> Path | None:

@@ -69,10 +69,8 @@ def main() -> None:
     rows = []
     for path in args.paths:
         model = anomaly.load(path)
-        channels = model.detector.input_shape[-1]
-        raw = np.stack([np.asarray(Image.open(f).convert("L" if channels == 1 else "RGB")) for f in files])
-        if channels == 1:
-            raw = raw[..., None]
+        # As the camera gives them: the graph turns colour grey for a grey model, as the package does.
+        raw = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
         name = model.detector.name
 
         def from_files(batch_paths, model=model):
@@ -87,7 +85,8 @@ def main() -> None:
         rows.append({"detector": name, "path": "package (uint8 array)", "images_per_second": rate})
         for fmt in args.formats:
             start = time.perf_counter()
-            folder = export(model, fmt, args.out / f"{name}-{fmt}-{int(time.time())}", image_size=raw.shape[1:3])
+            folder = export(model, fmt, args.out / f"{name}-{fmt}-{int(time.time())}", image_size=raw.shape[1:3],
+                            channels=3)
             seconds = time.perf_counter() - start
             rate, scores = _rate(_runner(fmt, folder), raw, args.batch_size)
             diff = float(np.max(np.abs(scores - reference) / np.maximum(np.abs(reference), 1e-12)))

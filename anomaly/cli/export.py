@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                    help="the size of the images the graph will take, e.g. the camera's (default: the model's "
                    "input size); the graph resizes them as anomaly-predict does")
+    p.add_argument("--channels", type=int, choices=(1, 3, 4), help="the images' channels: 1 grey, 3 RGB, 4 RGBA "
+                   "(default: the model's); e.g. 3 for a grey model judging colour photographs, turned grey in "
+                   "the graph as anomaly-predict does")
     p.add_argument("-b", "--batch-size", type=int, help="a fixed number of images per call (default: any); "
                    "TFLite needs one for baselineCAE and inceptionCAE")
     p.add_argument("-m", "--method", help="which finetuned map, when several were finetuned")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     # The converters log hundreds of lines (MLIR passes, tf2onnx's optimiser); a failure is an AnomalyError.
     with contextlib.nullcontext() if args.verbose else stderr_silenced():
         out = export(model, args.format, args.out, tuple(args.image_size) if args.image_size else None,
-                     args.batch_size)
+                     args.batch_size, args.channels)
     print(f"saved: {out}")
     return 0
 

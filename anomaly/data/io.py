@@ -15,7 +15,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COLOR_MODES = ("grayscale", "rgb")
 
 # ITU-R 601-2 luma, the weights of PIL's "L" conversion that the original toolkit used.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def is_image_file(path: Path) -> bool:
@@ -61,7 +61,7 @@ def _convert_channels(array: np.ndarray, color_mode: str) -> np.ndarray:
         array = array[..., :-1]
     if color_mode == "grayscale":
         if array.shape[-1] == 3:
-            array = (array @ _LUMA)[..., None]
+            array = (array @ LUMA)[..., None]
         return array
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)

@@ -18,14 +18,13 @@ the threshold), `area` (N,) float32 (the largest region over the threshold, in p
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from anomaly import modeldir
 from anomaly.deploy import graph
 from anomaly.errors import AnomalyError
 
@@ -33,7 +32,7 @@ FORMATS = ("saved_model", "tflite", "onnx")
 RECORD_FILE = "export.json"
 FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}  # the saved_model format is a folder
 OUTPUTS = ("score", "map", "mask", "area", "is_anomalous")
-ONNX_OPSET = 17
+ONNX_OPSET = 18  # ScatterND's max reduction
 
 
 class ServingModule(tf.Module):
@@ -42,22 +41,25 @@ class ServingModule(tf.Module):
     Args:
         model: the model (its detector and post-processing).
         image_size: (H, W) of the images the graph takes; the model's input size by default.
-        counter: how regions are counted (`anomaly.deploy.graph.COUNTERS`), by the target format.
+        reducer: how regions are labelled (`anomaly.deploy.graph.REDUCERS`), by the target format.
         batch_size: a fixed number of images per call (None: any).
+        channels: the images' channels (1 grey, 3 RGB, 4 RGBA; default the model's), converted in
+            the graph as the package converts them, e.g. RGB to grey with its own luma weights.
     """
 
-    def __init__(self, model, image_size: tuple[int, int] | None = None, counter: str = "segment_sum",
-                 batch_size: int | None = None):
+    def __init__(self, model, image_size: tuple[int, int] | None = None, reducer: str = "segment",
+                 batch_size: int | None = None, channels: int | None = None):
         super().__init__(name="anomaly")
         detector, pp = model.detector, model.postprocessor
         self.input_shape = tuple(detector.input_shape)
         self.image_size = tuple(image_size or self.input_shape[:2])
         self.threshold, self.min_area = float(pp.threshold), int(pp.min_area)
         self.batch_size = batch_size
-        self._pp, self._counter = pp, counter
+        self.image_shape = (*self.image_size, channels or self.input_shape[-1])
+        self._pp, self._reducer = pp, reducer
         self._maps = detector.map_function(pp.method, pp.dtype)
         self._own_scores = detector.score_function() if pp.image_score == "detector" else None
-        images = tf.TensorSpec((batch_size, *self.image_size, self.input_shape[-1]), tf.uint8, name="images")
+        images = tf.TensorSpec((batch_size, *self.image_shape), tf.uint8, name="images")
 
         # TFLite names a signature after its Python function: these two names are the ones it keeps.
         def serving_default(images):
@@ -77,16 +79,16 @@ class ServingModule(tf.Module):
         # A loaded SavedModel's signature does not check shapes: another size or channel count would be
         # reshaped into other images. (TFLite drops this check and its runners accept any shape; onnxruntime
         # checks the declared one.)
-        images = tf.ensure_shape(images, (self.batch_size, *self.image_size, self.input_shape[-1]))
+        images = tf.ensure_shape(images, (self.batch_size, *self.image_shape))
         x = graph.preprocess(images, self.input_shape)
         maps = graph.smooth(tf.cast(self._maps(x), tf.float32), pp.smooth)
         if pp.normalize:
             maps = (maps - tf.constant(pp.stats.mean)) / tf.constant(pp.stats.std)
-        areas = graph.component_areas(maps > threshold, self._counter)
+        areas = graph.component_areas(maps > threshold, self._reducer)
         largest = tf.reduce_max(areas, axis=[1, 2])
         least = tf.cast(tf.maximum(min_area, 1), tf.float32)  # a region has at least one pixel
         if pp.image_score == "area":  # as the package: the area at the finetuned threshold
-            score = tf.reduce_max(graph.component_areas(maps > pp.threshold, self._counter), axis=[1, 2])
+            score = tf.reduce_max(graph.component_areas(maps > pp.threshold, self._reducer), axis=[1, 2])
         elif pp.image_score == "mean":
             score = tf.reduce_mean(maps, axis=[1, 2])
         elif pp.image_score == "detector":
@@ -99,12 +101,11 @@ class ServingModule(tf.Module):
 
 def default_output(model_dir: Path, fmt: str) -> Path:
     """A new `<model dir>/export/<format>` (with `_1`, `_2`, ... when that one exists)."""
-    base = Path(model_dir) / "export" / fmt
-    return next(p for i in range(10_000) if not (p := base.with_name(f"{fmt}_{i}" if i else fmt)).exists())
+    return modeldir.unused_folder(Path(model_dir) / "export" / fmt)
 
 
 def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int, int] | None = None,
-           batch_size: int | None = None) -> Path:
+           batch_size: int | None = None, channels: int | None = None) -> Path:
     """Write the model as one graph in `fmt`; returns the folder written.
 
     Args:
@@ -114,6 +115,9 @@ def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int
         image_size: (H, W) of the images the graph will take (default: the model's input size).
         batch_size: a fixed number of images per call (default: any). A fixed batch gives a converter
             static shapes everywhere, which TFLite needs for some networks (baselineCAE, inceptionCAE).
+        channels: the channels of the images the graph will take: 1, 3 or 4 (default: the model's).
+            A grey model judging RGB photographs should take them as RGB: the graph turns them grey
+            as the package does, where a grey uint8 image made elsewhere is rounded differently.
 
     Raises:
         AnomalyError: an unknown format, a detector or map that cannot be exported, a converter
@@ -123,27 +127,26 @@ def export(model, fmt: str, out: str | Path | None = None, image_size: tuple[int
         raise AnomalyError(f"unknown format '{fmt}': expected one of {', '.join(FORMATS)}", "format")
     if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
         raise AnomalyError(f"expected a height and a width >= 1, got {image_size}", "image_size")
+    if channels is not None and channels not in (1, 3, 4):
+        raise AnomalyError(f"expected 1 (grey), 3 (RGB) or 4 (RGBA), got {channels}", "channels")
     if batch_size is not None and batch_size < 1:
         raise AnomalyError(f"expected a positive number of images, got {batch_size}", "batch_size")
     if fmt == "onnx":
         _onnx_modules()  # a missing converter is reported before any work
+    if out is None and model.directory is None:
+        raise AnomalyError("the model has no directory to export into: name an output folder", "out")
     out = Path(out) if out is not None else default_output(model.directory, fmt)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AnomalyError(f"{out} already exists and is not an empty folder; name a new one", "out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     except OSError as exc:
         raise AnomalyError(f"cannot write {out} ({exc.strerror or exc})", "out") from None
-    try:
-        module = ServingModule(model, image_size, "bincount" if fmt == "onnx" else "segment_sum", batch_size)
+    with modeldir.replace_folder(out) as staging:  # written whole under a temporary name, or not at all
+        module = ServingModule(model, image_size, "scatter" if fmt == "onnx" else "segment", batch_size,
+                               channels)
         _WRITERS[fmt](module, staging)
         _write_record(staging, module, model, fmt)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        staging.replace(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -200,13 +203,14 @@ def _first_line(exc: Exception) -> str:
 
 
 def _write_record(folder: Path, module: ServingModule, model, fmt: str) -> None:
-    from anomaly import __version__, modeldir
+    from anomaly import __version__
 
     pp, detector = model.postprocessor, model.detector
     modeldir.write_json(folder / RECORD_FILE, {
-        "format": fmt, "file": FILES.get(fmt, "."), "model": str(model.directory),
+        "format": fmt, "file": FILES.get(fmt, "."),
+        "model": str(Path(model.directory).resolve()) if model.directory is not None else None,
         "detector": detector.name, "method": pp.method, "dtype": pp.dtype, "image_score": pp.image_score,
-        "images": {"dtype": "uint8", "shape": [module.batch_size, *module.image_size, module.input_shape[-1]]},
+        "images": {"dtype": "uint8", "shape": [module.batch_size, *module.image_shape]},
         "input_shape": list(module.input_shape), "threshold": module.threshold, "min_area": module.min_area,
         "outputs": list(OUTPUTS), "signatures": ["serving_default", "decide"] if fmt != "onnx" else ["main"],
         "anomaly_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
