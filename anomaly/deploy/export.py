@@ -12,8 +12,8 @@ values as defaults (initialisers), so a caller may leave them out.
 
 Outputs, for every image: `score` (N,) float32, `map` (N, h, w) float32 at the model's input
 size after post-processing, `mask` (N, h, w) bool (the regions of at least min_area pixels over
-the threshold), `area` (N,) float32 (the largest region over the threshold, in pixels) and
-`is_anomalous` (N,) bool.
+the threshold), `is_anomalous` (N,) bool and `anomalous_area` (N,) int32 (the mask's pixels, as
+predictions.csv's anomalous_area_px).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from anomaly.errors import AnomalyError
 FORMATS = ("saved_model", "tflite", "onnx")
 RECORD_FILE = "export.json"
 FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}  # the saved_model format is a folder
-OUTPUTS = ("score", "map", "mask", "area", "is_anomalous")
+OUTPUTS = ("score", "map", "mask", "is_anomalous", "anomalous_area")
 ONNX_OPSET = 18  # ScatterND's max reduction
 
 
@@ -84,9 +84,8 @@ class ServingModule(tf.Module):
         maps = graph.smooth(tf.cast(self._maps(x), tf.float32), pp.smooth)
         if pp.normalize:
             maps = (maps - tf.constant(pp.stats.mean)) / tf.constant(pp.stats.std)
-        areas = graph.component_areas(maps > threshold, self._reducer)
-        largest = tf.reduce_max(areas, axis=[1, 2])
         least = tf.cast(tf.maximum(min_area, 1), tf.float32)  # a region has at least one pixel
+        mask = graph.regions_at_least(maps > threshold, least, self._reducer)
         if pp.image_score == "area":  # as the package: the area at the finetuned threshold
             score = tf.reduce_max(graph.component_areas(maps > pp.threshold, self._reducer), axis=[1, 2])
         elif pp.image_score == "mean":
@@ -95,8 +94,8 @@ class ServingModule(tf.Module):
             score = tf.cast(self._own_scores(x), tf.float32)
         else:
             score = tf.reduce_max(graph.smooth(maps, pp.score_sigma), axis=[1, 2])
-        return {"score": score, "map": maps, "mask": areas >= least, "area": largest,
-                "is_anomalous": largest >= least}
+        return {"score": score, "map": maps, "mask": mask, "is_anomalous": tf.reduce_any(mask, axis=[1, 2]),
+                "anomalous_area": tf.reduce_sum(tf.cast(mask, tf.int32), axis=[1, 2])}
 
 
 def default_output(model_dir: Path, fmt: str) -> Path:

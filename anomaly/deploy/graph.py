@@ -131,3 +131,17 @@ def component_areas(binary: tf.Tensor, reducer: str = "segment") -> tf.Tensor:
     else:
         counts = tf.math.unsorted_segment_sum(tf.reshape(on, (-1,)), regions, slots + 1)
     return tf.reshape(tf.gather(counts, regions), shape) * on
+
+
+def regions_at_least(binary: tf.Tensor, least: tf.Tensor, reducer: str = "segment") -> tf.Tensor:
+    """The pixels of `binary` in 8-connected regions of at least `least` pixels: bool (N, H, W).
+
+    Only the images with at least `least` pixels on can hold such a region, so only they are
+    labelled (`anomaly.postprocessing.classify` skips the others the same way): on a line where
+    most images are good, most of a batch costs a sum.
+    """
+    on = tf.reduce_sum(tf.cast(binary, tf.float32), axis=[1, 2])
+    candidates = tf.reshape(tf.where(on >= least), (-1,))
+    areas = component_areas(tf.gather(binary, candidates), reducer)
+    areas = tf.scatter_nd(tf.expand_dims(candidates, 1), areas, tf.cast(tf.shape(binary), tf.int64))
+    return areas >= least
