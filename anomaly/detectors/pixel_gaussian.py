@@ -69,6 +69,7 @@ class PixelGaussianDetector(Detector):
 
         if dtype != "float64":
             raise AnomalyError(f"dtype: pixel-gaussian maps are float64, got {dtype}")
+
         def maps(x):  # constants made when traced: a graph holds them, never captures them
             return tf.reduce_mean(tf.abs(x - tf.constant(self.mean_)) / tf.constant(self.std_), axis=-1)
 
