@@ -17,7 +17,7 @@ from anomaly.data.io import read_images, read_mask
 from anomaly.errors import AnomalyError
 from anomaly.finetune import LoadedModel, load_model
 from anomaly.metrics import aupro, classification_metrics, image_auroc, pixel_auroc
-from anomaly.postprocessing import PostProcessor
+from anomaly.postprocessing import PostProcessor, best_balanced_accuracy
 from anomaly.progress import advance as advance_progress
 from anomaly.progress import step as progress_step
 
@@ -106,6 +106,9 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
         metrics["aupro_0.3"] = None
     cls = classification_metrics(labels[keep], predicted[keep])
     metrics.update({k: cls[k] for k in ("tpr", "tnr", "balanced_accuracy", "f1", "precision", "accuracy")})
+    # What the best (min_area, threshold) on this very test set would reach: a diagnostic of the gap
+    # between the maps and the decisions made from them, never used to choose anything.
+    metrics["balanced_accuracy_best"] = best_balanced_accuracy(maps[keep], labels[keep])
     metrics.update({"seconds": seconds, "images_per_second": len(test) / seconds if seconds > 0 else None,
                     "model_file": loaded.model_file.name})
 

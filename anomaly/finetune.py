@@ -21,13 +21,16 @@ from anomaly import modeldir, plots
 from anomaly.config import TrainConfig, saved_config
 from anomaly.data.dataset import Dataset, Sample, finetune_split
 from anomaly.data.io import read_images
+from anomaly.data.synthetic import DEFECT_KINDS, validation_defects
 from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 from anomaly.postprocessing import MIN_AREAS, MODES, SCORES, PostProcessor, normal_only_pair, search_pair, smooth_maps
-
-__all__ = ["LoadedModel", "load_model", "finetune", "MIN_AREAS", "MODES", "SCORES", "normal_only_pair", "search_pair"]
 from anomaly.progress import step as progress_step
 from anomaly.resmaps import check_method
+
+SYNTHETIC_PLOT = "synthetic_defects.png"
+
+__all__ = ["LoadedModel", "load_model", "finetune", "MIN_AREAS", "MODES", "SCORES", "normal_only_pair", "search_pair"]
 
 
 @dataclass
@@ -93,8 +96,9 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         seed: seeds the finetune subset; the training seed when None.
         progress: print what it does.
         mode: "normal-only" (validation images alone; no test image is used, see
-            `normal_only_pair`) or "semi" (a labelled test subset picks the pair, as the
-            original toolkit did).
+            `normal_only_pair`), "synthetic" (the validation images and seeded synthetic defects
+            made on them, `validation_defects` and `synthetic_pair`; no test image is used) or
+            "semi" (a labelled test subset picks the pair, as the original toolkit did).
         target_fpr: normal-only: the share of validation images allowed to be flagged.
         smooth: Gaussian sigma (pixels) applied to every map before thresholding; test uses
             the same.
@@ -128,7 +132,7 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     seed = cfg.seed if seed is None else seed
     val = loaded.samples(cfg.extra["split"]["validation"])
     show = "maps of the validation images" if progress else ""
-    _, val_maps = loaded.maps(val, pp.method, dtype, show=show)
+    val_images, val_maps = loaded.maps(val, pp.method, dtype, show=show)
     if pp.normalize:
         train = loaded.samples(cfg.extra["split"]["train"])
         pp.fit_stats(loaded.maps(train, pp.method, dtype, show=show and "maps of the training images")[1])
@@ -138,6 +142,19 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
             print(f"finetuning on {len(val)} defect-free validation images only, maps {pp.method}/{dtype}, "
                   f"target false-positive rate {target_fpr:g}")
         best, table = pp.fit(val_maps, mode, target_fpr)
+    elif mode == "synthetic":
+        defects = validation_defects(val_images, seed)
+        if progress:
+            print(f"finetuning on {len(val)} defect-free validation images and {len(defects.kinds)} synthetic "
+                  f"defects made on them ({', '.join(DEFECT_KINDS)}), maps {pp.method}/{dtype}")
+        with progress_step(f"maps of the synthetic defects: {len(defects.kinds)} images", len(defects.kinds),
+                           enabled=progress):
+            defect_maps = loaded.detector.anomaly_maps(defects.images, pp.method, dtype)
+        best, table = pp.fit(val_maps, mode, ft_maps=defect_maps, defect_areas=defects.masks.sum(axis=(1, 2)))
+        found = pp.apply(defect_maps).is_anomalous
+        synthetic = {"seed": seed, "copies": defects.copies, "kinds": list(DEFECT_KINDS),
+                     "tpr_by_kind": {k: float(np.mean([f for f, kind in zip(found, defects.kinds) if kind == k]))
+                                     for k in DEFECT_KINDS}}
     else:
         subset = finetune_split(loaded.dataset.require_test(), fraction, seed)
         labels = np.array([s.label for s in subset])
@@ -151,10 +168,14 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
               "split": fraction if mode == "semi" else 0.0, "seed": seed, "model_file": loaded.model_file.name,
               "finetune_images": [s.relpath for s in subset],
               "validation_images": [s.relpath for s in val], "candidates": table}
+    if mode == "synthetic":
+        record["synthetic"] = synthetic
     target = modeldir.finetune_dir(loaded.model_dir, pp.method, dtype)
     with modeldir.replace_folder(target) as tmp:
         pp.save(tmp, record)
         plots.plot_finetune(table, best, tmp / "finetune_plot.png")
+        if mode == "synthetic":
+            plots.plot_synthetic_defects(defects.images, defects.masks, defects.kinds, tmp / SYNTHETIC_PLOT)
     result = {**pp.to_dict(), **record}
     result["dir"] = str(target)
     return result

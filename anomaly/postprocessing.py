@@ -16,7 +16,7 @@ from anomaly.metrics import classification_metrics
 from anomaly.resmaps import THRESHOLD_GRID
 
 MIN_AREAS = tuple(range(5, 1005, 5))
-MODES = ("semi", "normal-only")
+MODES = ("semi", "normal-only", "synthetic")
 # max: the (smoothed) map maximum; area: pixels of the largest region over the threshold;
 # mean: the map mean (FRE's squared error); detector: the detector's own image score (CutPaste).
 SCORES = ("max", "area", "mean", "detector")
@@ -235,6 +235,56 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
     return table[int(np.argmin(dist))], table
 
 
+def synthetic_pair(val_maps: np.ndarray, defect_maps: np.ndarray, defect_areas: np.ndarray, method: str,
+                   dtype: str, min_areas=MIN_AREAS, normalized: bool = False) -> tuple[dict, list[dict]]:
+    """Choose (min_area, threshold) on defect-free validation maps and maps of synthetic defects.
+
+    The candidate min areas are those no larger than the median synthetic defect (a larger one
+    would miss half of them by its size alone). For each, the threshold of the best balanced
+    accuracy over the validation images (good) and the synthetic ones (defective), the highest
+    among equals; then the min area of the best of those, the smallest among equals.
+
+    Args:
+        val_maps: (Nv, H, W) maps of defect-free validation images.
+        defect_maps: (Nd, H, W) maps of images with synthetic defects.
+        defect_areas: (Nd,) pixels of each synthetic defect.
+
+    Returns:
+        (best row, candidate table); rows hold min_area, threshold, tpr, tnr, balanced_accuracy, f1.
+    """
+    grid = _grid_for(val_maps, method, dtype, normalized)
+    median = float(np.median(defect_areas)) if len(defect_areas) else 0.0
+    candidates = [m for m in min_areas if m <= median] or [min_areas[0]]
+    val_areas = largest_area_table(val_maps, grid)        # (thresholds, Nv)
+    defect_table = largest_area_table(defect_maps, grid)  # (thresholds, Nd)
+    labels = np.r_[np.zeros(len(val_maps), int), np.ones(len(defect_maps), int)]
+    table = []
+    for min_area in candidates:
+        balanced = ((val_areas < min_area).mean(axis=1) + (defect_table >= min_area).mean(axis=1)) / 2
+        ti = int(np.flatnonzero(balanced == balanced.max())[-1])
+        predicted = np.r_[val_areas[ti] >= min_area, defect_table[ti] >= min_area].astype(int)
+        m = classification_metrics(labels, predicted)
+        table.append({"min_area": int(min_area), "threshold": float(grid[ti]), "tpr": m["tpr"], "tnr": m["tnr"],
+                      "balanced_accuracy": m["balanced_accuracy"], "f1": m["f1"]})
+    return table[int(np.argmax([row["balanced_accuracy"] for row in table]))], table
+
+
+def best_balanced_accuracy(maps: np.ndarray, labels: np.ndarray, min_areas=MIN_AREAS, n: int = 100) -> float | None:
+    """The best balanced accuracy any (min_area, threshold) reaches on labelled maps.
+
+    A diagnostic of how good the maps are for decisions (test metrics show it beside the
+    balanced accuracy of the chosen pair); never used to choose anything. Thresholds are `n`
+    quantiles of the maps (`quantile_grid`); None without both good and defective images.
+    """
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return None
+    areas = largest_area_table(maps, quantile_grid(maps, n))
+    good, bad = labels == 0, labels == 1
+    return float(max((((areas[:, good] < m).mean(axis=1) + (areas[:, bad] >= m).mean(axis=1)) / 2).max()
+                     for m in (1, *min_areas)))
+
+
 @dataclass
 class Decisions:
     """What post-processing makes of a batch of maps.
@@ -307,14 +357,17 @@ class PostProcessor:
         return self
 
     def fit(self, val_maps: np.ndarray, mode: str = "normal-only", target_fpr: float = 0.05,
-            ft_maps: np.ndarray | None = None, ft_labels: np.ndarray | None = None) -> tuple[dict, list[dict]]:
+            ft_maps: np.ndarray | None = None, ft_labels: np.ndarray | None = None,
+            defect_areas: np.ndarray | None = None) -> tuple[dict, list[dict]]:
         """Choose (min_area, threshold) from raw maps.
 
         Args:
             val_maps: maps of defect-free validation images.
-            mode: "normal-only" (`normal_only_pair`) or "semi" (`search_pair` on `ft_maps`).
+            mode: "normal-only" (`normal_only_pair`), "semi" (`search_pair` on `ft_maps`) or
+                "synthetic" (`synthetic_pair`: `ft_maps` are maps of synthetic defects).
             target_fpr: normal-only: the share of validation images allowed to be flagged.
             ft_maps, ft_labels: semi: maps and labels of labelled images.
+            defect_areas: synthetic: the pixels of each synthetic defect.
 
         Returns:
             (the chosen row, the candidate table).
@@ -333,6 +386,9 @@ class PostProcessor:
                           stacklevel=2)
         if mode == "normal-only":
             best, table = normal_only_pair(val, self.method, self.dtype, target_fpr, normalized=self.normalize)
+        elif mode == "synthetic":
+            best, table = synthetic_pair(val, self.transform(ft_maps), np.asarray(defect_areas), self.method,
+                                         self.dtype, normalized=self.normalize)
         else:
             best, table = search_pair(val, self.transform(ft_maps), np.asarray(ft_labels), self.method, self.dtype,
                                       normalized=self.normalize)

@@ -80,6 +80,33 @@ def test_test_writes_contract_files(finetuned, demo_root, capsys):
     assert "balanced_accuracy" in capsys.readouterr().out
 
 
+def test_finetune_on_synthetic_defects_records_them_and_test_shows_the_best_pair(trained, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained, model_dir)
+    assert finetune_cli.main(["-p", str(model_dir), "--mode", "synthetic", "-q"]) == 0
+    assert "synthetic defects" in capsys.readouterr().out
+    (folder,) = (model_dir / "finetune").iterdir()
+    params = json.loads((folder / "finetune.json").read_text())
+    assert params["mode"] == "synthetic" and params["finetune_images"] == []  # no test image used
+    synthetic = params["synthetic"]
+    assert synthetic["seed"] == params["seed"]
+    assert set(synthetic["tpr_by_kind"]) == {"cutpaste", "cutpaste-polygon", "scar", "displaced", "blob", "crack",
+                                             "texture"}
+    assert params["score_name"] == "balanced_accuracy" and 0 <= params["tpr"] <= 1 and 0 <= params["tnr"] <= 1
+    assert (folder / "synthetic_defects.png").stat().st_size > 0
+    # The same seed makes the same synthetic set, so the same pair.
+    again = tmp_path / "again"
+    shutil.copytree(trained, again)
+    assert finetune_cli.main(["-p", str(again), "--mode", "synthetic", "-q"]) == 0
+    (other,) = (again / "finetune").iterdir()
+    assert {k: v for k, v in json.loads((other / "finetune.json").read_text()).items() if k != "model_file"} == \
+        {k: v for k, v in params.items() if k != "model_file"}
+    assert test_cli.main(["-p", str(model_dir), "-q"]) == 0
+    metrics = json.loads((model_dir / "test" / folder.name / "metrics.json").read_text())
+    assert metrics["mode"] == "synthetic"
+    assert metrics["balanced_accuracy"] <= metrics["balanced_accuracy_best"] <= 1.0
+
+
 def test_test_rerun_replaces_only_its_folder(finetuned):
     assert test_cli.main(["-p", str(finetuned), "-q"]) == 0
     before = _snapshot(finetuned / "finetune")

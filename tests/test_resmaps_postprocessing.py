@@ -9,11 +9,13 @@ from skimage.metrics import structural_similarity
 from anomaly import resmaps
 from anomaly.errors import AnomalyError
 from anomaly.postprocessing import (
+    best_balanced_accuracy,
     classify,
     image_scores,
     largest_area_table,
     largest_region_areas,
     segment,
+    synthetic_pair,
     threshold_grid,
 )
 from anomaly.resmaps import THRESHOLD_GRID, residual_maps
@@ -435,3 +437,37 @@ def test_too_few_validation_images_for_the_target_rate_warn(recwarn):
     many = np.random.default_rng(0).random((40, 16, 16)).astype(np.float32)
     PostProcessor("l2").fit(many, "normal-only", target_fpr=0.05)
     assert not [w for w in recwarn if issubclass(w.category, AnomalyWarning)]
+
+
+def _maps_with_blobs(n: int, values, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of 0.1 + noise up to 0.05 with one square of `values[i]` (side 6) in map i; the squares' areas."""
+    rng = np.random.default_rng(seed)
+    maps = (0.1 + rng.random((n, size, size)) * 0.05).astype(np.float32)
+    for i, value in enumerate(values):
+        y, x = rng.integers(0, size - 6, 2)
+        maps[i, y:y + 6, x:x + 6] = value
+    return maps, np.full(n, 36)
+
+
+def test_synthetic_pair_separates_validation_maps_from_synthetic_defects():
+    val, _ = _maps_with_blobs(12, [], seed=0)
+    defects, areas = _maps_with_blobs(14, [0.8] * 14, seed=1)
+    best, table = synthetic_pair(val, defects, areas, "ssim", "float64", min_areas=(5, 20, 35, 40, 100))
+    assert [row["min_area"] for row in table] == [5, 20, 35]  # no larger than the median defect (36 px)
+    assert best["balanced_accuracy"] == 1.0 and best["tpr"] == 1.0 and best["tnr"] == 1.0
+    assert val.max() <= best["threshold"] < 0.8
+    # Half the "defects" darker than the maps around them, invisible to a threshold: the other half is found.
+    faint, _ = _maps_with_blobs(14, [0.8] * 7 + [0.0] * 7, seed=1)
+    best, _ = synthetic_pair(val, faint, areas, "ssim", "float64", min_areas=(5, 20, 35))
+    assert best["tpr"] == 0.5 and best["tnr"] == 1.0
+
+
+def test_best_balanced_accuracy_is_the_optimum_over_pairs_and_needs_both_classes():
+    good, _ = _maps_with_blobs(6, [], seed=2)
+    bad, _ = _maps_with_blobs(6, [0.9] * 6, seed=3)
+    maps, labels = np.concatenate([good, bad]), np.r_[np.zeros(6), np.ones(6)]
+    assert best_balanced_accuracy(maps, labels) == 1.0
+    # One defect invisible: 11 of 12 right at best.
+    bad[0] = good[0]
+    assert best_balanced_accuracy(np.concatenate([good, bad]), labels) == pytest.approx((1 + 5 / 6) / 2)
+    assert best_balanced_accuracy(good, np.zeros(6)) is None

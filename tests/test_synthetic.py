@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly.data.synthetic import CUTPASTE, NORMAL, SCAR, colour_jitter, cutpaste, polygon_mask, pretext_sample, scar
+from anomaly.data.synthetic import (
+    CUTPASTE,
+    DEFECT_KINDS,
+    NORMAL,
+    SCAR,
+    colour_jitter,
+    cutpaste,
+    make_defect,
+    polygon_mask,
+    pretext_sample,
+    scar,
+    validation_defects,
+)
 
 
 def _image(channels: int = 3) -> np.ndarray:
@@ -73,3 +85,46 @@ def test_pretext_samples_of_each_class():
         sample = pretext_sample(image, label, np.random.default_rng(1))
         assert sample.shape == image.shape
         assert not any(np.array_equal(sample, np.rot90(image, k)) for k in range(4))
+
+
+# ---------------------------------------------------------------- validation defects
+
+
+def _part(shape=(96, 128, 3)) -> np.ndarray:
+    """A smooth, textured stand-in for a photographed part."""
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(np.random.default_rng(7).random(shape), (3, 3, 0))
+    return (0.2 + 0.6 * (noise - noise.min()) / np.ptp(noise)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(96, 128, 3), (64, 64, 1)])
+@pytest.mark.parametrize("kind", DEFECT_KINDS)
+def test_every_defect_kind_is_seeded_visible_and_its_mask_is_exactly_what_changed(kind, shape):
+    image = _part(shape)
+    for seed in range(6):
+        out, mask = make_defect(image, kind, np.random.default_rng(seed))
+        again, same = make_defect(image, kind, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, again)
+        np.testing.assert_array_equal(mask, same)
+        assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+        changed = np.abs(out - image).max(axis=-1)
+        assert mask.sum() >= 4, (kind, seed)
+        assert (changed[mask] > 4 / 255).all()
+        assert (changed[~mask] <= 4 / 255).all()  # nothing outside the mask moved visibly
+        assert mask.mean() < 0.2, (kind, seed)  # a defect, not a new image
+
+
+def test_validation_defects_cover_every_kind_reproducibly():
+    images = np.stack([_part()] * 8)
+    a = validation_defects(images, seed=3)
+    b = validation_defects(images, seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    # 5 of each of the 7 kinds needs 35 defects: 5 copies of 8 images, capped at 4 copies.
+    assert a.copies == 4 and len(a.kinds) == 32
+    assert {a.kinds.count(k) for k in DEFECT_KINDS} <= {4, 5}
+    assert validation_defects(np.stack([_part()] * 40), seed=3).copies == 1
+    # Each copy of an image gets another kind.
+    assert len({a.kinds[j] for j in range(0, len(a.kinds), 8)}) == a.copies
+    c = validation_defects(images, seed=4)
+    assert not np.array_equal(a.images, c.images)

@@ -16,7 +16,7 @@ from anomaly.errors import AnomalyError
 COLUMNS = ("dataset", "category", "detector", "variant", "seed", "image_auroc", "pixel_auroc", "aupro_0.3",
            "balanced_accuracy", "f1", "fit_seconds", "test_images_per_second", "peak_memory_mb", "model_dir")
 EXTRA_COLUMNS = ("mode", "method", "smooth", "normalize", "epochs", "max_minutes", "epochs_trained", "input_size", "lr",
-                 "bank_size", "bank_mb", "run_seconds", "status", "error")
+                 "bank_size", "bank_mb", "run_seconds", "status", "error", "balanced_accuracy_best")
 KEY_COLUMNS = COLUMNS[:5]
 # The settings a recorded row was made with; a skipped row made with others gets a warning.
 SETTING_COLUMNS = ("mode", "smooth", "normalize", "epochs", "max_minutes", "input_size", "lr")
@@ -77,7 +77,8 @@ def fmt(value, decimals: int = 3) -> str:
 _TABLE = (("dataset", "dataset", None), ("category", "category", None), ("detector", "detector", None),
           ("variant", "variant", None), ("seed", "seed", None), ("image AUROC", "image_auroc", 3),
           ("pixel AUROC", "pixel_auroc", 3), ("AUPRO@0.3", "aupro_0.3", 3),
-          ("bal. acc.", "balanced_accuracy", 3), ("F1", "f1", 3), ("fit s", "fit_seconds", 1),
+          ("bal. acc.", "balanced_accuracy", 3), ("best bal. acc.", "balanced_accuracy_best", 3), ("F1", "f1", 3),
+          ("fit s", "fit_seconds", 1),
           ("test img/s", "test_images_per_second", 1), ("peak MB", "peak_memory_mb", 0),
           ("bank", "bank_size", None), ("status", "status", None))
 

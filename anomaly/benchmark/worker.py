@@ -99,7 +99,7 @@ def run(args: dict) -> dict:
               "fit_seconds": outcome.fit.seconds, "epochs_trained": len(outcome.fit.history),
               "test_images_per_second": metrics.get("images_per_second"), "peak_memory_mb": peak,
               **{k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro_0.3", "balanced_accuracy",
-                                             "f1")}}
+                                             "balanced_accuracy_best", "f1")}}
     info = outcome.model_dir / "detector.json"
     if info.exists():
         summary = json.loads(info.read_text())

@@ -70,6 +70,28 @@ def plot_finetune(table: list[dict], best: dict, path: Path) -> None:
     save(fig, path)
 
 
+def plot_synthetic_defects(images: np.ndarray, masks: np.ndarray, kinds: list[str], path: Path,
+                           per_kind: int = 3) -> None:
+    """Examples of synthetic validation defects: a row per kind, their masks outlined in red."""
+    order = list(dict.fromkeys(kinds))
+    fig, axes = plt.subplots(len(order), per_kind, figsize=(2.2 * per_kind, 2.3 * len(order)), squeeze=False)
+    for r, kind in enumerate(order):
+        examples = [i for i, k in enumerate(kinds) if k == kind][:per_kind]
+        for c in range(per_kind):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c >= len(examples):
+                continue
+            arr, cmap = gray(images[examples[c]])
+            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+            if masks[examples[c]].any():
+                ax.contour(masks[examples[c]], levels=[0.5], colors="r", linewidths=0.6)
+            if c == 0:
+                ax.set_title(kind, fontsize=9, loc="left")
+    fig.tight_layout()
+    save(fig, path)
+
+
 def plot_inspection(image: np.ndarray, reconstruction: np.ndarray, amap: np.ndarray, path: Path,
                     title: str = "") -> None:
     """Input, reconstruction and residual map of one image (train --inspect)."""
