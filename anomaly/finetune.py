@@ -153,8 +153,8 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         best, table = pp.fit(val_maps, mode, ft_maps=defect_maps, defect_areas=defects.masks.sum(axis=(1, 2)))
         found = pp.apply(defect_maps).is_anomalous
         synthetic = {"seed": seed, "copies": defects.copies, "kinds": list(DEFECT_KINDS),
-                     "tpr_by_kind": {k: float(np.mean([f for f, kind in zip(found, defects.kinds) if kind == k]))
-                                     for k in DEFECT_KINDS}}
+                     "tpr_by_kind": {k: float(np.mean(found[np.array(defects.kinds) == k])) if k in defects.kinds
+                                     else None for k in DEFECT_KINDS}}
     else:
         subset = finetune_split(loaded.dataset.require_test(), fraction, seed)
         labels = np.array([s.label for s in subset])

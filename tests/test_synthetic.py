@@ -124,7 +124,5 @@ def test_validation_defects_cover_every_kind_reproducibly():
     assert a.copies == 4 and len(a.kinds) == 32
     assert {a.kinds.count(k) for k in DEFECT_KINDS} <= {4, 5}
     assert validation_defects(np.stack([_part()] * 40), seed=3).copies == 1
-    # Each copy of an image gets another kind.
-    assert len({a.kinds[j] for j in range(0, len(a.kinds), 8)}) == a.copies
     c = validation_defects(images, seed=4)
     assert not np.array_equal(a.images, c.images)

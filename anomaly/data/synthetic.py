@@ -270,8 +270,8 @@ def synthetic_defects(images, seed: int, kinds: tuple[str, ...] = DEFECT_KINDS, 
         images: (N, H, W, C) float images in [0, 1] (or an `anomaly.data.io.ImageFiles`).
         seed: defect j gets `numpy.random.default_rng([seed, j])`, so any one can be remade alone.
         kinds: the kinds of defect (`DEFECT_KINDS`).
-        copies: defects per image; defect j is made on image j % N, of kind
-            kinds[(j + j // N) % len(kinds)] (each copy of an image gets another kind).
+        copies: defects per image; defect j is made on image j % N, of kind kinds[j % len(kinds)]
+            (so the kinds' counts differ by one at most).
 
     Returns:
         (images, masks, kinds): float32 (N * copies, H, W, C), bool (N * copies, H, W) and the
@@ -280,7 +280,7 @@ def synthetic_defects(images, seed: int, kinds: tuple[str, ...] = DEFECT_KINDS, 
     n = len(images)
     out, masks, names = [], [], []
     for j in range(n * copies):
-        kind = kinds[(j + j // n) % len(kinds)]
+        kind = kinds[j % len(kinds)]
         image, mask = make_defect(np.asarray(images[j % n], np.float32), kind, np.random.default_rng([seed, j]))
         out.append(image)
         masks.append(mask)
