@@ -24,7 +24,16 @@ from anomaly.data.io import read_images
 from anomaly.data.synthetic import DEFECT_KINDS, validation_defects
 from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
-from anomaly.postprocessing import MIN_AREAS, MODES, SCORES, PostProcessor, normal_only_pair, search_pair, smooth_maps
+from anomaly.postprocessing import (
+    MIN_AREAS,
+    MODES,
+    SCORES,
+    PostProcessor,
+    classify,
+    normal_only_pair,
+    search_pair,
+    smooth_maps,
+)
 from anomaly.progress import step as progress_step
 from anomaly.resmaps import check_method
 
@@ -151,7 +160,7 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
                            enabled=progress):
             defect_maps = loaded.detector.anomaly_maps(defects.images, pp.method, dtype)
         best, table = pp.fit(val_maps, mode, ft_maps=defect_maps, defect_areas=defects.masks.sum(axis=(1, 2)))
-        found = pp.apply(defect_maps).is_anomalous
+        found = classify(pp.transform(defect_maps), pp.threshold, pp.min_area).astype(bool)
         synthetic = {"seed": seed, "copies": defects.copies, "kinds": list(DEFECT_KINDS),
                      "tpr_by_kind": {k: float(np.mean(found[np.array(defects.kinds) == k])) if k in defects.kinds
                                      else None for k in DEFECT_KINDS}}

@@ -86,6 +86,10 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
         assert (model_dir / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
         assert (model_dir / "plots" / "synthetic_examples.png").exists() and (model_dir / "plots" / "tsne.png").exists()
         assert params["method"] == "dense"
+        # Synthetic finetuning decides with regions over the threshold, not with its own image score.
+        assert finetune_cli.main(["-p", str(model_file), "--mode", "synthetic", "-q"]) == 0
+        synthetic = json.loads(result.read_text())
+        assert synthetic["mode"] == "synthetic" and synthetic["image_score"] == "detector"
         for method in ("patch", "gradcam"):  # the other maps, from the saved model
             assert finetune_cli.main(["-p", str(model_file), "-m", method, "-q"]) == 0
             assert test_cli.main(["-p", str(model_dir), "-m", method, "-q"]) == 0
