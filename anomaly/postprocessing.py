@@ -241,8 +241,10 @@ def synthetic_pair(val_maps: np.ndarray, defect_maps: np.ndarray, defect_areas: 
 
     The candidate min areas are those no larger than the median synthetic defect (a larger one
     would miss half of them by its size alone). For each, the threshold of the best balanced
-    accuracy over the validation images (good) and the synthetic ones (defective), the highest
-    among equals; then the min area of the best of those, the smallest among equals.
+    accuracy over the validation images (good) and the synthetic ones (defective); where many
+    thresholds do equally well, the middle one, the farthest from both kinds of mistake; then the
+    min area of the best of those, the smallest among equals. The thresholds span the synthetic
+    defects' maps too, so that the middle can lie above every validation map.
 
     Args:
         val_maps: (Nv, H, W) maps of defect-free validation images.
@@ -252,7 +254,7 @@ def synthetic_pair(val_maps: np.ndarray, defect_maps: np.ndarray, defect_areas: 
     Returns:
         (best row, candidate table); rows hold min_area, threshold, tpr, tnr, balanced_accuracy, f1.
     """
-    grid = _grid_for(val_maps, method, dtype, normalized)
+    grid = _grid_for(np.concatenate([val_maps, defect_maps]), method, dtype, normalized)
     median = float(np.median(defect_areas)) if len(defect_areas) else 0.0
     candidates = [m for m in min_areas if m <= median] or [min_areas[0]]
     val_areas = largest_area_table(val_maps, grid)        # (thresholds, Nv)
@@ -261,7 +263,8 @@ def synthetic_pair(val_maps: np.ndarray, defect_maps: np.ndarray, defect_areas: 
     table = []
     for min_area in candidates:
         balanced = ((val_areas < min_area).mean(axis=1) + (defect_table >= min_area).mean(axis=1)) / 2
-        ti = int(np.flatnonzero(balanced == balanced.max())[-1])
+        tied = np.flatnonzero(balanced == balanced.max())
+        ti = int(tied[len(tied) // 2])
         predicted = np.r_[val_areas[ti] >= min_area, defect_table[ti] >= min_area].astype(int)
         m = classification_metrics(labels, predicted)
         table.append({"min_area": int(min_area), "threshold": float(grid[ti]), "tpr": m["tpr"], "tnr": m["tnr"],
