@@ -108,7 +108,7 @@ def evaluate_one(loaded: LoadedModel, params: dict, pp: PostProcessor, save: boo
     metrics.update({k: cls[k] for k in ("tpr", "tnr", "balanced_accuracy", "f1", "precision", "accuracy")})
     # What the best (min_area, threshold) on this very test set would reach: a diagnostic of the gap
     # between the maps and the decisions made from them, never used to choose anything.
-    metrics["balanced_accuracy_best"] = best_balanced_accuracy(maps[keep], labels[keep])
+    metrics["balanced_accuracy_best"] = best_balanced_accuracy(maps[keep], labels[keep], (threshold, min_area))
     metrics.update({"seconds": seconds, "images_per_second": len(test) / seconds if seconds > 0 else None,
                     "model_file": loaded.model_file.name})
 

@@ -272,20 +272,28 @@ def synthetic_pair(val_maps: np.ndarray, defect_maps: np.ndarray, defect_areas: 
     return table[int(np.argmax([row["balanced_accuracy"] for row in table]))], table
 
 
-def best_balanced_accuracy(maps: np.ndarray, labels: np.ndarray, min_areas=MIN_AREAS, n: int = 100) -> float | None:
+def best_balanced_accuracy(maps: np.ndarray, labels: np.ndarray, chosen: tuple[float, int] | None = None,
+                           min_areas=MIN_AREAS, n: int = 100) -> float | None:
     """The best balanced accuracy any (min_area, threshold) reaches on labelled maps.
 
     A diagnostic of how good the maps are for decisions (test metrics show it beside the
     balanced accuracy of the chosen pair); never used to choose anything. Thresholds are `n`
-    quantiles of the maps (`quantile_grid`); None without both good and defective images.
+    quantiles of the maps from their minimum to their maximum, and the `chosen` pair is among
+    the candidates, so the result is never below that pair's. None without both good and
+    defective images.
     """
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         return None
-    areas = largest_area_table(maps, quantile_grid(maps, n))
+    thresholds = np.quantile(maps, np.linspace(0.0, 1.0, n))
+    areas_to_try = (1, *min_areas)
+    if chosen is not None:
+        thresholds = np.append(thresholds, chosen[0])
+        areas_to_try = (*areas_to_try, max(int(chosen[1]), 1))
+    areas = largest_area_table(maps, np.unique(thresholds))
     good, bad = labels == 0, labels == 1
     return float(max((((areas[:, good] < m).mean(axis=1) + (areas[:, bad] >= m).mean(axis=1)) / 2).max()
-                     for m in (1, *min_areas)))
+                     for m in areas_to_try))
 
 
 @dataclass

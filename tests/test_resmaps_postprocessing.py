@@ -471,3 +471,10 @@ def test_best_balanced_accuracy_is_the_optimum_over_pairs_and_needs_both_classes
     bad[0] = good[0]
     assert best_balanced_accuracy(np.concatenate([good, bad]), labels) == pytest.approx((1 + 5 / 6) / 2)
     assert best_balanced_accuracy(good, np.zeros(6)) is None
+    # Image-level maps (one score painted over each map), most images defective: the best threshold
+    # lies low among the pixels, and is found; never below the pair the caller chose.
+    scores = np.r_[np.linspace(0.0, 0.1, 3), np.linspace(0.2, 0.4, 9)]
+    flat = np.broadcast_to(scores[:, None, None], (12, 8, 8)).astype(np.float32)
+    labels = np.r_[np.zeros(3), np.ones(9)]
+    assert best_balanced_accuracy(flat, labels) == 1.0
+    assert best_balanced_accuracy(flat[:, :1, :1], labels, chosen=(0.15, 1)) == 1.0
