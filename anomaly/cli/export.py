@@ -1,6 +1,6 @@
 """anomaly-export: a finetuned model as one self-contained graph (SavedModel, TFLite or ONNX).
 
-The graph takes uint8 images (N, H, W, C) and returns score, map, mask, area and is_anomalous,
+The graph takes uint8 images (N, H, W, C) and returns score, map, mask, is_anomalous and anomalous_area,
 with the finetuned threshold and min area as defaults that its `decide` signature (or the ONNX
 inputs) can override. It runs with TensorFlow, a TFLite runtime or onnxruntime alone; see the
 README. Exit status: 0 written; 2 bad input or a model that cannot be exported (nothing written).
