@@ -235,6 +235,12 @@ def normal_only_pair(val_maps: np.ndarray, method: str, dtype: str, target_fpr: 
     return table[int(np.argmin(dist))], table
 
 
+def _balanced_by_threshold(good_areas: np.ndarray, bad_areas: np.ndarray, min_area: int) -> np.ndarray:
+    """Balanced accuracy at each threshold of (thresholds, images) largest-area tables of good and
+    defective images, an image being flagged when its largest region has at least `min_area` pixels."""
+    return ((good_areas < min_area).mean(axis=1) + (bad_areas >= min_area).mean(axis=1)) / 2
+
+
 def synthetic_pair(val_maps: np.ndarray, defect_maps: np.ndarray, defect_areas: np.ndarray, method: str,
                    dtype: str, min_areas=MIN_AREAS, normalized: bool = False) -> tuple[dict, list[dict]]:
     """Choose (min_area, threshold) on defect-free validation maps and maps of synthetic defects.
@@ -262,7 +268,7 @@ def synthetic_pair(val_maps: np.ndarray, defect_maps: np.ndarray, defect_areas: 
     labels = np.r_[np.zeros(len(val_maps), int), np.ones(len(defect_maps), int)]
     table = []
     for min_area in candidates:
-        balanced = ((val_areas < min_area).mean(axis=1) + (defect_table >= min_area).mean(axis=1)) / 2
+        balanced = _balanced_by_threshold(val_areas, defect_table, min_area)
         tied = np.flatnonzero(balanced == balanced.max())
         ti = int(tied[len(tied) // 2])
         predicted = np.r_[val_areas[ti] >= min_area, defect_table[ti] >= min_area].astype(int)
@@ -292,8 +298,7 @@ def best_balanced_accuracy(maps: np.ndarray, labels: np.ndarray, chosen: tuple[f
         areas_to_try = (*areas_to_try, max(int(chosen[1]), 1))
     areas = largest_area_table(maps, np.unique(thresholds))
     good, bad = labels == 0, labels == 1
-    return float(max((((areas[:, good] < m).mean(axis=1) + (areas[:, bad] >= m).mean(axis=1)) / 2).max()
-                     for m in areas_to_try))
+    return float(max(_balanced_by_threshold(areas[:, good], areas[:, bad], m).max() for m in areas_to_try))
 
 
 @dataclass
