@@ -25,6 +25,7 @@ from anomaly.data.synthetic import DEFECT_KINDS, validation_defects
 from anomaly.detectors.base import Detector
 from anomaly.errors import AnomalyError
 from anomaly.postprocessing import (
+    DEFAULT_MODE,
     MIN_AREAS,
     MODES,
     SCORES,
@@ -91,7 +92,7 @@ def load_model(path: str | Path, data_dir: str | Path | None = None) -> LoadedMo
 
 
 def finetune(path: str | Path, method: str | None = None, dtype: str = "float64", fraction: float = 0.1,
-             seed: int | None = None, progress: bool = True, mode: str = "normal-only",
+             seed: int | None = None, progress: bool = True, mode: str = DEFAULT_MODE,
              target_fpr: float = 0.05, smooth: float | None = None, score_sigma: float | None = None,
              score: str | None = None, normalize: bool | None = None, data_dir: str | Path | None = None) -> dict:
     """Finetune a trained model and write `finetune/<method>_<dtype>/`.
@@ -104,10 +105,11 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
         fraction: share of the test images used (and then excluded from testing).
         seed: seeds the finetune subset; the training seed when None.
         progress: print what it does.
-        mode: "normal-only" (validation images alone; no test image is used, see
-            `normal_only_pair`), "synthetic" (the validation images and seeded synthetic defects
-            made on them, `validation_defects` and `synthetic_pair`; no test image is used) or
-            "semi" (a labelled test subset picks the pair, as the original toolkit did).
+        mode: "synthetic" (the default: the validation images and seeded synthetic defects made
+            on them, `validation_defects` and `synthetic_pair`; no test image is used),
+            "normal-only" (validation images alone; no test image is used, see
+            `normal_only_pair`) or "semi" (a labelled test subset picks the pair, as the original
+            toolkit did).
         target_fpr: normal-only: the share of validation images allowed to be flagged.
         smooth: Gaussian sigma (pixels) applied to every map before thresholding; test uses
             the same.

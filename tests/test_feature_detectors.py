@@ -73,7 +73,8 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
     assert finetune_cli.main(["-p", str(model_file), "-q"]) == 0
     (result,) = model_dir.glob("finetune/*/finetune.json")
     params = json.loads(result.read_text())
-    assert params["mode"] == "normal-only" and params["finetune_images"] == []
+    assert params["mode"] == "synthetic" and params["finetune_images"] == []  # the default uses no test image
+    assert (result.parent / "synthetic_defects.png").is_file()
     assert test_cli.main(["-p", str(model_dir), "--save", "-q"]) == 0
     metrics = json.loads((model_dir / "test" / result.parent.name / "metrics.json").read_text())
     assert 0.0 <= metrics["image_auroc"] <= 1.0

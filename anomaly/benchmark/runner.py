@@ -138,7 +138,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
                   losses: Sequence[str] = DEFAULT_LOSSES, seeds: Sequence[int] = (0,),
                   backbones: Sequence[str] = DEFAULT_BACKBONES,
                   output_dir: str | Path | None = None, epochs: int | None = None,
-                  input_size: int | None = None, lr: float | None = None, mode: str = "normal-only",
+                  input_size: int | None = None, lr: float | None = None, mode: str = "synthetic",
                   progress: bool = True, command: str | None = None, method: str | None = None,
                   smooth: float | None = None, normalize: bool | None = None,
                   max_minutes: float | None = None, input_width: int | None = None) -> list[dict[str, str]]:
@@ -158,7 +158,7 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         input_size: the image size; the configuration's when None.
         input_width: the width of non-square images; input_size when None.
         lr: a fixed peak learning rate; None runs the learning-rate finder.
-        mode: finetune mode, "semi" or "normal-only".
+        mode: finetune mode: "synthetic", "normal-only" or "semi".
         method: the autoencoders' map (ssim, mssim or l2); their default when None.
         smooth: finetune --smooth sigma for every run; each detector's default when None.
         normalize: finetune --normalize for every run; each detector's default when None.

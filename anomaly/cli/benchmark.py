@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="image size (default from the configuration); the height "
                    "when --input-width is given")
     p.add_argument("--input-width", type=int, help="the width of non-square images (default: --input-size)")
-    p.add_argument("--mode", default="normal-only", help="finetune mode: normal-only (default), synthetic or semi")
+    p.add_argument("--mode", default="synthetic", help="finetune mode: synthetic (default), normal-only or semi")
     p.add_argument("--map", dest="method", help="autoencoder map: ssim, mssim or l2 (default: the detector's)")
     p.add_argument("--smooth", type=float, help="finetune --smooth sigma (default: each detector's)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,

@@ -36,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder recorded in the model's config.yaml)")
     p.add_argument("-m", "--method", lazy_help=lambda: f"the map (default: {_defaults_by_detector('method', '')})")
     p.add_argument("-t", "--dtype", default="float64", help="float64 (default) or uint8 (autoencoders)")
-    p.add_argument("--mode", default="normal-only",
-                   help="normal-only (default: defect-free validation images only), synthetic (the validation "
-                   "images and seeded synthetic defects made on them: the best balanced accuracy) or semi (a "
-                   "labelled 10%% of the test images picks the pair, as the original toolkit)")
+    p.add_argument("--mode", default="synthetic",
+                   help="synthetic (default: the validation images and seeded synthetic defects made on them; "
+                   "the best balanced accuracy), normal-only (defect-free validation images only, at "
+                   "--target-fpr) or semi (a labelled 10%% of the test images picks the pair, as the original "
+                   "toolkit)")
     p.add_argument("--target-fpr", type=float, default=0.05,
                    help="normal-only: share of defect-free images allowed to be flagged (default 0.05)")
     p.add_argument("--smooth", type=float, lazy_help=lambda: "Gaussian sigma in pixels applied to maps before "
