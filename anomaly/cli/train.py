@@ -16,7 +16,15 @@ def _architecture_help() -> str:
     for name in list_detectors():
         families.setdefault(detector_class(name).family, []).append(name)
     return (f"autoencoders: {', '.join(families['autoencoder'])} (default mvtecCAE); baseline: "
-            f"{', '.join(families['baseline'])}; feature detectors: {', '.join(families['features'])} (any case)")
+            f"{', '.join(families['baseline'])}; feature detectors: {', '.join(families['features'])} (any case); "
+            "auto: train the --candidates, keep the best on synthetic defects (selection.csv)")
+
+
+def _candidates_help() -> str:
+    from anomaly.selection import AUTOENCODER, CANDIDATES
+
+    return (f"-a auto: comma-separated detectors to choose among (default {','.join(CANDIDATES)}, plus "
+            f"{AUTOENCODER} when --max-minutes is given)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normal-test-split", type=float, help="folder layout: share of good images held out "
                    "for testing (default 0.2)")
     p.add_argument("-a", "--architecture", lazy_help=_architecture_help)
+    p.add_argument("--candidates", lazy_help=_candidates_help)
     p.add_argument("-c", "--color", dest="color_mode", help="grayscale (default) or rgb")
     p.add_argument("-l", "--loss", help="ssim (default), mssim or l2")
     p.add_argument("-b", "--batch", dest="batch_size", type=int, help="images per training batch, or per "
@@ -64,7 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.architecture:
+    auto = (args.architecture or "").lower() == "auto"
+    if args.candidates is not None and not auto:
+        from anomaly.errors import AnomalyError
+
+        raise AnomalyError("--candidates: only with -a auto")
+    if auto and args.resume:
+        from anomaly.errors import AnomalyError
+
+        raise AnomalyError("--resume: an auto run cannot be resumed; resume the candidate's model directory "
+                           "with its own -a, or start -a auto again")
+    if args.architecture and not auto:
         from anomaly.config import canonical_detector_name
 
         args.architecture = canonical_detector_name(args.architecture)  # before TensorFlow loads, as -d
@@ -80,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from anomaly.errors import AnomalyError
     from anomaly.train import resume_config, train
 
+    if auto:
+        return _main_auto(args)
     if args.resume:
         config = resume_config(args.resume)
         outcome = train(config, progress=not args.quiet, resume_dir=args.resume)
@@ -102,6 +123,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fitted in {fit.seconds:.1f} s")
     print(f"model: {outcome.model_file}")
     print(f"next: anomaly-finetune -p {outcome.model_file}")
+    return 0
+
+
+def _main_auto(args) -> int:
+    from anomaly.errors import AnomalyError
+    from anomaly.selection import AUTOENCODER, CANDIDATES, SELECTION_FILE, explain, train_auto
+
+    if not args.data_dir:
+        raise AnomalyError("-d/--input-dir: required (the dataset folder holding train/good)")
+    if args.candidates is None:
+        candidates = [*CANDIDATES, *([AUTOENCODER] if args.max_minutes else [])]
+    else:
+        from anomaly.config import canonical_detector_name
+
+        try:
+            candidates = [canonical_detector_name(c.strip()) for c in args.candidates.split(",") if c.strip()]
+        except AnomalyError as exc:
+            raise AnomalyError(exc.message, "candidates") from None
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("config", "resume", "quiet", "verbose", "architecture", "candidates")}
+    winner, scores, chosen = train_auto(overrides, candidates, args.config, progress=not args.quiet)
+    print(explain(scores, chosen))
+    print(f"model: {winner.model_file}")
+    print(f"selection: {winner.model_dir / SELECTION_FILE}")
+    print(f"next: anomaly-finetune -p {winner.model_file}")
     return 0
 
 

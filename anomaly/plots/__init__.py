@@ -25,10 +25,11 @@ from anomaly.plots.model import (
     plot_inspection,
     plot_lr_finder,
     plot_schedule,
+    plot_selection,
     plot_synthetic_defects,
 )
 from anomaly.plots.result import render_result, save_result
 
 __all__ = ["FPR_LIMIT", "PLOT_FILES", "plot_examples", "plot_finetune", "plot_history", "plot_inspection",
            "plot_lr_finder", "plot_pro", "plot_roc", "plot_run", "plot_schedule",
-           "plot_score_histograms", "plot_synthetic_defects", "render_result", "save_result"]
+           "plot_score_histograms", "plot_selection", "plot_synthetic_defects", "render_result", "save_result"]

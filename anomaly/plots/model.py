@@ -92,6 +92,31 @@ def plot_synthetic_defects(images: np.ndarray, masks: np.ndarray, kinds: list[st
     save(fig, path)
 
 
+def plot_selection(scores: list, path: Path) -> None:
+    """`anomaly-train -a auto`: each candidate's image AUROC and AUPRO on the validation images and
+    their synthetic defects (the chosen one starred), and its image AUROC on each kind of defect."""
+    names = [f"{s.detector} *" if s.chosen else s.detector for s in scores]
+    x = np.arange(len(scores))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for offset, label, values in ((-0.2, "image AUROC", [s.image_auroc for s in scores]),
+                                  (0.2, "AUPRO@0.3", [s.aupro for s in scores])):
+        ax1.bar(x + offset, [np.nan if v is None else v for v in values], width=0.4, label=label)
+    ax1.set_xticks(x, names)
+    ax1.set_ylim(0, 1.05)
+    ax1.set_title("validation images + synthetic defects (* chosen)", fontsize=9)
+    ax1.legend(fontsize=8, loc="lower right")
+    kinds = list(scores[0].auroc_by_kind) if scores else []
+    for s, name in zip(scores, names):
+        ax2.plot(kinds, [np.nan if s.auroc_by_kind[k] is None else s.auroc_by_kind[k] for k in kinds], "o-",
+                 label=name)
+    ax2.set_ylabel("image AUROC")
+    ax2.set_title("by kind of synthetic defect", fontsize=9)
+    ax2.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, path)
+
+
 def plot_inspection(image: np.ndarray, reconstruction: np.ndarray, amap: np.ndarray, path: Path,
                     title: str = "") -> None:
     """Input, reconstruction and residual map of one image (train --inspect)."""
