@@ -47,6 +47,10 @@ def test_local_patches_average_inside_the_map_and_align_scales():
     assert out.shape == (1, 4, 4, 4)
     assert out[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))  # corner: 4 pixels, no zero padding
     np.testing.assert_allclose(out[..., 1:], 1.0)
+    # PatchCore's neighbourhood: 1 keeps each position, 5 averages a wider window
+    np.testing.assert_array_equal(local_patches([fine], neighbourhood=1).numpy(), fine.numpy())
+    wide = local_patches([fine], neighbourhood=5).numpy()
+    assert wide[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 2, 4, 5, 6, 8, 9, 10]))
 
 
 def test_full_map_keeps_a_constant_and_centres_a_peak():

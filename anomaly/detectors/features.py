@@ -52,17 +52,19 @@ class FeatureExtractor:
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def local_patches(feature_maps: list[tf.Tensor]) -> tf.Tensor:
+def local_patches(feature_maps: list[tf.Tensor], neighbourhood: int = 3) -> tf.Tensor:
     """PatchCore's locally aware patch features (N, h, w, sum c).
 
-    Each map is averaged over a 3x3 neighbourhood (stride 1; at the border the average is over
-    the pixels inside the map rather than counting zero padding), resized bilinearly to the
-    first (finest) map's grid and concatenated along channels.
+    Each map is averaged over a `neighbourhood` x `neighbourhood` window (the paper's patch size
+    p, 3; stride 1; at the border the average is over the pixels inside the map rather than
+    counting zero padding), resized bilinearly to the first (finest) map's grid and concatenated
+    along channels.
     """
     size = tf.shape(feature_maps[0])[1:3]
     out = []
     for f in feature_maps:
-        f = tf.nn.avg_pool2d(f, 3, 1, "SAME")  # TF's SAME average pooling excludes padding
+        if neighbourhood > 1:
+            f = tf.nn.avg_pool2d(f, neighbourhood, 1, "SAME")  # TF's SAME average pooling excludes padding
         if f.shape[1] != feature_maps[0].shape[1]:
             f = tf.image.resize(f, size, method="bilinear")
         out.append(f)

@@ -194,6 +194,8 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
             leaves too few patches to cover the normal variation (bottle's 1,540-patch bank
             halved lost 0.018 AUPRO, docs/results.md).
         num_neighbors: a patch's score is its mean distance to this many nearest bank features.
+        neighbourhood: the side of the window each feature map is averaged over (the paper's
+            patch size p).
         reweight: scale each image's map by the paper's weight 1 - softmax of the distances
             from its most anomalous patch to the 9 bank neighbours of that patch's nearest
             feature (so the image score, the map maximum, is the re-weighted score).
@@ -208,12 +210,12 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
     finetune_defaults = {"method": "nn", "smooth": 0.0, "normalize": False, "score_sigma": 0.0}
     reweight_neighbors = 9
     checks = {"coreset_ratio": "fraction", "num_neighbors": "positive", "map_sigma": "non-negative",
-              "min_bank_size": "positive"}
+              "min_bank_size": "positive", "neighbourhood": "positive"}
 
     def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  layers: tuple[str, ...] = (), coreset_ratio: float = 0.002, num_neighbors: int = 1,
                  reweight: bool = False, map_sigma: float = 4.0, seed: int = 0, batch_size: int = 8,
-                 min_bank_size: int = 1000):
+                 min_bank_size: int = 1000, neighbourhood: int = 3):
         from anomaly.backbones import backbone_spec
 
         self.input_shape = tuple(input_shape)
@@ -221,7 +223,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         self.layers = tuple(layers) or backbone_spec(backbone).patch_layers
         self.coreset_ratio, self.num_neighbors, self.reweight = coreset_ratio, num_neighbors, reweight
         self.map_sigma, self.seed, self.batch_size = map_sigma, seed, batch_size
-        self.min_bank_size = min_bank_size
+        self.min_bank_size, self.neighbourhood = min_bank_size, neighbourhood
 
     def bank_plan(self, n_images: int) -> tuple[int, int, int]:
         """(patches, bank rows, feature width) that fitting `n_images` images gives."""
@@ -271,6 +273,9 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
     def summary(self) -> dict:
         return {"bank_size": int(len(self.memory_bank_)), "feature_dim": int(self.memory_bank_.shape[1]),
                 "bank_mb": self.memory_bank_.nbytes / 2 ** 20, "layers": list(self.layers)}
+
+    def _local_patches(self, x):
+        return local_patches(self.extractor(x), self.neighbourhood)
 
     def _maps(self, x):
         """Maps of an image batch (traced once; the bank becomes a constant of the graph)."""
