@@ -32,9 +32,12 @@ class BackboneSpec:
 
     Attributes:
         name: the `--backbone` name.
-        patch_layers: the layers PatchCore and feature-ae combine (finest first).
-        padim_layers: the layers PaDiM combines: one stage coarser than patch_layers (stride 8
-            and 16), which separated KolektorSDD's cracks from its grain better (docs/results.md).
+        patch_layers: the fine layers feature-ae and CutPaste's dense map combine (finest first,
+            stride 4 and 8).
+        padim_layers: the layers PaDiM and PatchCore combine: one stage coarser than
+            patch_layers (stride 8 and 16, the PatchCore paper's scales), which separated
+            KolektorSDD's cracks from its grain better and won on all three shared datasets for
+            PatchCore (docs/results.md, "PatchCore's choices").
         fre_layer: the single layer FRE reconstructs.
         pooled_layer: the last layer, globally average-pooled by the image-level detectors.
     """

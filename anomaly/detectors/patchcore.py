@@ -188,7 +188,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         backbone: a name from `anomaly.backbones.list_backbones()`.
         weights: "imagenet", "random" or a weights file.
         layers: the two layers whose patch features are concatenated; empty for the
-            backbone's defaults.
+            backbone's stride 8 and 16 layers (`BackboneSpec.padim_layers`).
         coreset_ratio: share of all training patches kept in the memory bank (1 keeps all).
         min_bank_size: but at least this many (or all): a small training set at a small ratio
             leaves too few patches to cover the normal variation (bottle's 1,540-patch bank
@@ -220,7 +220,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
 
         self.input_shape = tuple(input_shape)
         self.backbone, self.weights = backbone, weights
-        self.layers = tuple(layers) or backbone_spec(backbone).patch_layers
+        self.layers = tuple(layers) or backbone_spec(backbone).padim_layers
         self.coreset_ratio, self.num_neighbors, self.reweight = coreset_ratio, num_neighbors, reweight
         self.map_sigma, self.seed, self.batch_size = map_sigma, seed, batch_size
         self.min_bank_size, self.neighbourhood = min_bank_size, neighbourhood
