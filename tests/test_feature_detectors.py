@@ -107,6 +107,19 @@ def test_feature_detector_runs_the_shared_pipeline(detector, extra, demo_root, t
         assert 0.0 <= metrics["pixel_auroc"] <= 1.0 and 0.0 <= metrics["aupro_0.3"] <= 1.0
 
 
+@pytest.mark.parametrize("neighbourhood", [1, 5])
+def test_patchcore_maps_use_the_neighbourhood_it_was_fitted_with(demo_root, neighbourhood):
+    """With every patch in the bank, the training images' own maps are zero: the maps average the
+    features over the same window as the bank (they once always used 3)."""
+    from anomaly.data.io import read_images
+    from anomaly.detectors.patchcore import PatchCoreDetector
+
+    images = read_images(sorted((demo_root / "train" / "good").glob("*.png"))[:2], "rgb", (64, 64))
+    det = PatchCoreDetector((64, 64, 3), coreset_ratio=1.0, neighbourhood=neighbourhood, map_sigma=0.0).fit(images)
+    # float32 distances round to a few hundredths; a mismatched window gave 7 to 13 here
+    assert np.abs(det.anomaly_maps(images)).max() < 0.1
+
+
 def test_patchcore_bank_is_seeded_and_sized_by_the_ratio(demo_root, tmp_path):
     from anomaly.config import load_train_config
     from anomaly.data.io import read_images

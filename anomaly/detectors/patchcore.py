@@ -283,7 +283,7 @@ class PatchCoreDetector(BackboneDetectorMixin, Detector):
         bank_aug = tf.constant(augmented_bank(self.memory_bank_))
         k = min(self.num_neighbors, len(self.memory_bank_))
         b = min(self.reweight_neighbors, len(self.memory_bank_))
-        f = local_patches(self.extractor(x))
+        f = self._local_patches(x)
         n, h, w = tf.shape(f)[0], tf.shape(f)[1], tf.shape(f)[2]
         flat = tf.reshape(f, (-1, f.shape[-1]))
         dist, idx = nearest_distances(flat, bank_aug, k)
