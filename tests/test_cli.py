@@ -346,7 +346,8 @@ def test_long_steps_show_progress_in_a_log(trained, demo_root, tmp_path, capsys)
 def test_patchcore_says_what_its_fit_holds_and_shows_the_bank_selection(demo_root, tmp_path, capsys):
     from anomaly.cli import train as train_cli
 
-    argv = ["-d", str(demo_root), "-o", str(tmp_path), "--input-size", "64", "-a", "patchcore", "--weights", "random"]
+    # 128 px: the stride-8 grid of a few images still holds more patches than the 1,000-patch bank
+    argv = ["-d", str(demo_root), "-o", str(tmp_path), "--input-size", "128", "-a", "patchcore", "--weights", "random"]
     assert train_cli.main(argv) == 0
     out = capsys.readouterr().out
     plan = next(line for line in out.splitlines() if line.startswith("memory bank: 1,000 of "))
