@@ -16,7 +16,7 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ class CandidateScore:
         seed, copies: remake the synthetic set (`validation_defects(images, seed)`).
         fit_seconds, score_seconds: the time to train and to score it.
         model_dir: where it was trained.
+        chosen: whether `choose` picked it.
     """
 
     detector: str
@@ -66,7 +67,7 @@ class CandidateScore:
     fit_seconds: float = 0.0
     score_seconds: float = 0.0
     model_dir: Path | None = None
-    chosen: bool = field(default=False)
+    chosen: bool = False
 
     def row(self) -> dict:
         """The candidate's row of selection.csv."""
