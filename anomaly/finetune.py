@@ -69,6 +69,20 @@ class LoadedModel:
             maps = self.detector.anomaly_maps(images, method, dtype)
         return images, smooth_maps(maps, smooth)
 
+    def fit_map_stats(self, pp: PostProcessor, show: str = "") -> None:
+        """Fit `pp`'s normalisation on the training images' maps when it normalises (else nothing)."""
+        if pp.normalize:
+            train = self.samples(self.config.extra["split"]["train"])
+            pp.fit_stats(self.maps(train, pp.method, pp.dtype, show=show)[1])
+
+    def defect_maps(self, images: np.ndarray, method: str, dtype: str, seed: int, show: str = ""):
+        """(the seeded synthetic defects made on `images` (`validation_defects`), their maps): the set
+        `--mode synthetic` finetunes on and `anomaly-train -a auto` scores candidates on."""
+        defects = validation_defects(images, seed)
+        with progress_step(f"{show}: {len(defects.kinds)} images", len(defects.kinds), enabled=bool(show)):
+            maps = self.detector.anomaly_maps(defects.images, method, dtype)
+        return defects, maps
+
 
 def load_model(path: str | Path, data_dir: str | Path | None = None) -> LoadedModel:
     """Resolve `-p` (model file or directory) and load the model, its config and its dataset.
@@ -144,9 +158,7 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
     val = loaded.samples(cfg.extra["split"]["validation"])
     show = "maps of the validation images" if progress else ""
     val_images, val_maps = loaded.maps(val, pp.method, dtype, show=show)
-    if pp.normalize:
-        train = loaded.samples(cfg.extra["split"]["train"])
-        pp.fit_stats(loaded.maps(train, pp.method, dtype, show=show and "maps of the training images")[1])
+    loaded.fit_map_stats(pp, show=show and "maps of the training images")
     subset = []
     if mode == "normal-only":
         if progress:
@@ -154,13 +166,11 @@ def finetune(path: str | Path, method: str | None = None, dtype: str = "float64"
                   f"target false-positive rate {target_fpr:g}")
         best, table = pp.fit(val_maps, mode, target_fpr)
     elif mode == "synthetic":
-        defects = validation_defects(val_images, seed)
         if progress:
-            print(f"finetuning on {len(val)} defect-free validation images and {len(defects.kinds)} synthetic "
-                  f"defects made on them ({', '.join(DEFECT_KINDS)}), maps {pp.method}/{dtype}")
-        with progress_step(f"maps of the synthetic defects: {len(defects.kinds)} images", len(defects.kinds),
-                           enabled=progress):
-            defect_maps = loaded.detector.anomaly_maps(defects.images, pp.method, dtype)
+            print(f"finetuning on {len(val)} defect-free validation images and seeded synthetic defects made "
+                  f"on them ({', '.join(DEFECT_KINDS)}), maps {pp.method}/{dtype}")
+        defects, defect_maps = loaded.defect_maps(val_images, pp.method, dtype, seed,
+                                                  show="maps of the synthetic defects" if progress else "")
         best, table = pp.fit(val_maps, mode, ft_maps=defect_maps, defect_areas=defects.masks.sum(axis=(1, 2)))
         found = classify(pp.transform(defect_maps), pp.threshold, pp.min_area).astype(bool)
         synthetic = {"seed": seed, "copies": defects.copies, "kinds": list(DEFECT_KINDS),

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from anomaly import modeldir
-from anomaly.data.synthetic import DEFECT_KINDS, validation_defects
+from anomaly.data.synthetic import DEFECT_KINDS
 from anomaly.errors import AnomalyError
 from anomaly.metrics import aupro, image_auroc
 from anomaly.postprocessing import PostProcessor
-from anomaly.progress import step as progress_step
 
 # Cheap on a 2-core CPU (a minute or two on a few hundred 256 px images); an autoencoder is added
 # when the user gives a training budget (--max-minutes).
@@ -104,13 +103,10 @@ def score_model(path: str | Path, seed: int | None = None, progress: bool = Fals
     val = loaded.samples(cfg.extra["split"]["validation"])
     show = f"{detector.name}: maps of the validation images" if progress else ""
     val_images, val_maps = loaded.maps(val, pp.method, pp.dtype, show=show)
-    defects = validation_defects(val_images, seed)
-    with progress_step(f"{detector.name}: maps of {len(defects.kinds)} synthetic defects", len(defects.kinds),
-                       enabled=progress):
-        defect_maps = detector.anomaly_maps(defects.images, pp.method, pp.dtype)
-    if pp.normalize:
-        train = loaded.samples(cfg.extra["split"]["train"])
-        pp.fit_stats(loaded.maps(train, pp.method, pp.dtype)[1])
+    defects, defect_maps = loaded.defect_maps(val_images, pp.method, pp.dtype, seed,
+                                              show=f"{detector.name}: maps of the synthetic defects" if progress
+                                              else "")
+    loaded.fit_map_stats(pp)
     maps = pp.transform(np.concatenate([val_maps, defect_maps]))
     own = None
     if pp.image_score == "detector":
