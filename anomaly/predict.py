@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -156,9 +157,135 @@ def _picture_path(out: Path, image: Path, root: Path | None) -> Path:
     return out / "images" / Path(*parts[:-1], name)
 
 
+@dataclass
+class Judged:
+    """One batch of judged images, in input order.
+
+    Attributes:
+        paths: the images judged; `failed` holds (image, reason) of those that could not be read.
+        scores, is_anomalous, areas: per judged image (areas: anomalous pixels).
+        images, maps, masks: the model's input, its map and the predicted region per judged
+            image; None where they were not needed (Ray runs without --save or --report).
+    """
+
+    paths: list[Path]
+    failed: list[tuple[Path, str]]
+    scores: np.ndarray
+    is_anomalous: np.ndarray
+    areas: np.ndarray
+    images: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    masks: np.ndarray | None = None
+
+
+def _read_batch(paths, shape) -> tuple[list[Path], list[np.ndarray], list[tuple[Path, str]]]:
+    """The readable images of `paths` at the model's input shape, and why the others failed."""
+    ok, arrays, failed = [], [], []
+    for path in paths:
+        try:
+            arrays.append(conform(read_raw(path), shape))
+            ok.append(path)
+        except AnomalyError as exc:
+            failed.append((path, exc.message.removeprefix(f"{path}: ")))
+    return ok, arrays, failed
+
+
+def _judge_locally(model: Model, todo: list[Path], batch_size: int, threshold: float,
+                   min_area: int) -> Iterator[Judged]:
+    for start in range(0, len(todo), batch_size):
+        paths, arrays, failed = _read_batch(todo[start:start + batch_size], model.detector.input_shape)
+        if not arrays:
+            yield Judged([], failed, np.zeros(0), np.zeros(0, bool), np.zeros(0, int))
+            continue
+        batch = np.stack(arrays)
+        (pred,) = model.predict_batches(batch, batch_size=len(batch), threshold=threshold, min_area=min_area)
+        yield Judged(paths, failed, pred.scores, pred.is_anomalous, pred.masks.sum(axis=(1, 2)), batch, pred.maps,
+                     pred.masks)
+
+
+class BatchJudge:
+    """A Ray Data actor: loads the model once, then judges batches of image paths.
+
+    Args:
+        model_dir: the model directory (the same path on every node).
+        method: the finetuned map.
+        threshold, min_area: the decision rule.
+        keep: also return each image, map and mask (for --save and --report).
+        threads: TensorFlow's threads in this worker (its share of the node).
+    """
+
+    def __init__(self, model_dir: str, method: str, threshold: float, min_area: int, keep: bool, threads: int):
+        from anomaly.cluster import set_threads
+
+        set_threads(threads)
+        import anomaly
+
+        self.model = anomaly.load(model_dir, method=method)
+        self.threshold, self.min_area, self.keep = threshold, min_area, keep
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [str(p) for p in batch["image"]]
+        shape = self.model.detector.input_shape
+        paths, arrays, failed = _read_batch([Path(p) for p in names], shape)
+        reasons = {str(p): reason for p, reason in failed}
+        n = len(names)
+        out = {"image": np.array(names, dtype=object), "error": np.array([reasons.get(p, "") for p in names],
+                                                                         dtype=object),
+               "score": np.zeros(n), "is_anomalous": np.zeros(n, bool), "area": np.zeros(n, np.int64)}
+        if self.keep:
+            h, w, c = shape
+            out.update(pixels=np.zeros((n, h, w, c), np.float32), map=np.zeros((n, h, w), np.float32),
+                       mask=np.zeros((n, h, w), bool))
+        if arrays:
+            batch_x = np.stack(arrays)
+            (pred,) = self.model.predict_batches(batch_x, batch_size=len(batch_x), threshold=self.threshold,
+                                                 min_area=self.min_area)
+            rows = [i for i, name in enumerate(names) if name not in reasons]  # the order of `paths`
+            out["score"][rows] = pred.scores
+            out["is_anomalous"][rows] = pred.is_anomalous
+            out["area"][rows] = pred.masks.sum(axis=(1, 2))
+            if self.keep:
+                out["pixels"][rows], out["map"][rows], out["mask"][rows] = batch_x, pred.maps, pred.masks
+        return out
+
+
+def _judge_on_ray(model: Model, todo: list[Path], batch_size: int, threshold: float, min_area: int, keep: bool,
+                  cluster: str, workers: int | None) -> Iterator[Judged]:
+    """`_judge_locally` on a Ray cluster, yielding the batches in input order as they come."""
+    if not todo:
+        return
+    import ray.data
+
+    from anomaly.cluster import connect
+
+    with connect(cluster) as info:
+        n = workers or max(info.nodes, 1)
+        threads = max(1, min(info.node_cpus, info.cpus // n)) if info.cpus else 1
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # rows in input order, as the local path writes them
+        ctx.enable_progress_bars = False
+        # Paths only: every worker reads its own images, through the same checks as the local path.
+        blocks = min(-(-len(todo) // batch_size), 1000)  # a block per batch: the actors share them out
+        ds = ray.data.from_items([{"image": str(p)} for p in todo], override_num_blocks=blocks)
+        ds = ds.map_batches(BatchJudge, batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=threads,
+                            num_gpus=1 if info.gpus >= n else 0,
+                            fn_constructor_kwargs={"model_dir": str(model.directory),
+                                                   "method": model.postprocessor.method, "threshold": threshold,
+                                                   "min_area": min_area, "keep": keep, "threads": threads})
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            good = [i for i, e in enumerate(batch["error"]) if not e]
+            failed = [(Path(batch["image"][i]), str(batch["error"][i]))
+                      for i in range(len(batch["image"])) if batch["error"][i]]
+            arrays = ([batch[k][good] for k in ("pixels", "map", "mask")] if keep else [None] * 3)
+            yield Judged([Path(batch["image"][i]) for i in good], failed, batch["score"][good],
+                         batch["is_anomalous"][good], batch["area"][good], *arrays)
+
+
 def predict_files(model: Model, inputs: list[str], out: str | Path | None = None, save: bool = False,
                   threshold: float | None = None, min_area: int | None = None, batch_size: int = 32,
-                  progress: bool = True, report: bool = False) -> PredictOutcome:
+                  progress: bool = True, report: bool = False, cluster: str | None = None,
+                  workers: int | None = None) -> PredictOutcome:
     """Judge every image `inputs` names and write predictions.csv (and pictures) into `out`.
 
     Args:
@@ -173,6 +300,11 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
         progress: show a progress bar.
         report: also write report.html of the images this run judged (`anomaly.report`; its
             thumbnails, a few KB per image, are kept until the end).
+        cluster: judge on a Ray cluster ("local", "auto" or "ray://HOST:PORT", see
+            `anomaly.cluster`): Ray Data reads the images and a pool of `workers` actors, each
+            holding the model once, judges them; rows are written in input order as here.
+            None judges in this process.
+        workers: the Ray actors (default: one per node, using all its CPUs).
 
     Returns:
         What was done; the failed images are also in errors.csv.
@@ -186,6 +318,15 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
         raise AnomalyError(f"expected a non-negative number of pixels, got {min_area}", "min_area")
     if batch_size < 1:
         raise AnomalyError(f"expected a positive number, got {batch_size}", "batch_size")
+    if workers is not None and (cluster is None or workers < 1):
+        raise AnomalyError("expected a positive number of Ray workers with --cluster"
+                           if cluster is not None else "needs --cluster (the Ray workers to judge with)", "workers")
+    if cluster is not None:
+        from anomaly.cluster import check_address
+
+        check_address(cluster)
+        if model.directory is None:
+            raise AnomalyError("a model not loaded from a directory cannot be sent to Ray workers", "cluster")
     images = expand_inputs(inputs)
     if out is None:
         if model.directory is None:
@@ -210,37 +351,32 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
         builder = ReportBuilder(grid_around(threshold), threshold, min_area, min(0.0, threshold), vmax or 1.0)
     start = time.perf_counter()
     new_file = not (out / PREDICTIONS_FILE).is_file()
+    keep = save or report  # the pictures and the report need each image and its map
+    if cluster is None:
+        judged = _judge_locally(model, todo, batch_size, threshold, min_area)
+    else:
+        judged = _judge_on_ray(model, todo, batch_size, threshold, min_area, keep, cluster, workers)
     with open(out / PREDICTIONS_FILE, "a", newline="") as rows_file, \
             progress_step(f"judging {len(todo)} images" + (f" ({outcome.skipped} already done)"
                                                           if outcome.skipped else ""), len(todo), progress):
         rows = csv.writer(rows_file, lineterminator="\n")
         if new_file:
             rows.writerow(FIELDS)
-        for batch_start in range(0, len(todo), batch_size):
-            paths, arrays = [], []
-            for path in todo[batch_start:batch_start + batch_size]:
-                try:
-                    arrays.append(conform(read_raw(path), model.detector.input_shape))
-                    paths.append(path)
-                except AnomalyError as exc:
-                    outcome.failed.append((str(path), exc.message.removeprefix(f"{path}: ")))
-                    _append_error(out, str(path), outcome.failed[-1][1])
-                    advance_progress(1)
-            if not arrays:
-                continue
-            batch = np.stack(arrays)
-            (pred,) = model.predict_batches(batch, batch_size=len(batch), threshold=threshold, min_area=min_area)
-            for i, path in enumerate(paths):
-                rows.writerow([str(path), _number(pred.scores[i]), int(pred.is_anomalous[i]),
-                               int(pred.masks[i].sum()), _number(threshold), min_area])
+        for part in judged:
+            for path, reason in part.failed:
+                outcome.failed.append((str(path), reason))
+                _append_error(out, str(path), reason)
+            for i, path in enumerate(part.paths):
+                rows.writerow([str(path), _number(part.scores[i]), int(part.is_anomalous[i]),
+                               int(part.areas[i]), _number(threshold), min_area])
                 if save:
-                    _save_one(out, path, root, batch[i], pred, i, threshold, vmax)
-            if builder is not None:
-                builder.add([str(p) for p in paths], pred.scores, pred.maps, batch)
+                    _save_one(out, path, root, part, i, threshold, vmax)
+            if builder is not None and part.paths:
+                builder.add([str(p) for p in part.paths], part.scores, part.maps, part.images)
             rows_file.flush()  # an interrupted run keeps every row written so far
-            outcome.predicted += len(paths)
-            outcome.anomalous += int(pred.is_anomalous.sum())
-            advance_progress(len(paths))
+            outcome.predicted += len(part.paths)
+            outcome.anomalous += int(np.sum(part.is_anomalous))
+            advance_progress(len(part.paths) + len(part.failed))
     outcome.seconds = time.perf_counter() - start
     if builder is not None:
         builder.write(out / REPORT_FILE, f"{Path(str(model.directory)).name}: {outcome.predicted} images judged",
@@ -251,17 +387,17 @@ def predict_files(model: Model, inputs: list[str], out: str | Path | None = None
     return outcome
 
 
-def _save_one(out: Path, path: Path, root: Path | None, image: np.ndarray, pred, i: int, threshold: float,
+def _save_one(out: Path, path: Path, root: Path | None, part: Judged, i: int, threshold: float,
               vmax: float | None) -> None:
     from anomaly import plots
 
     picture = _picture_path(out, path, root)
     raw = out / "maps" / picture.relative_to(out / "images").with_suffix(".npy")  # a.jpg.npy for a.jpg
     raw.parent.mkdir(parents=True, exist_ok=True)
-    np.save(raw, pred.maps[i].astype(np.float32))
-    verdict = "anomalous" if pred.is_anomalous[i] else "good"
-    plots.save_result(picture, image, pred.maps[i], pred.masks[i], title=f"{path.name}  score {pred.scores[i]:.4g}  "
-                      f"{verdict}", vmax=vmax, threshold=threshold)
+    np.save(raw, part.maps[i].astype(np.float32))
+    verdict = "anomalous" if part.is_anomalous[i] else "good"
+    plots.save_result(picture, part.images[i], part.maps[i], part.masks[i],
+                      title=f"{path.name}  score {part.scores[i]:.4g}  {verdict}", vmax=vmax, threshold=threshold)
 
 
 def _append_error(out: Path, image: str, reason: str) -> None:

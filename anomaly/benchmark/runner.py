@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from anomaly import modeldir
+from anomaly.benchmark.cluster import Resources
 from anomaly.benchmark.grid import (
     DEFAULT_BACKBONES,
     DEFAULT_DETECTORS,
@@ -37,6 +38,7 @@ from anomaly.benchmark.results import (
     results_markdown,
     sort_key,
 )
+from anomaly.errors import AnomalyError
 
 
 def default_output_dir() -> Path:
@@ -78,7 +80,7 @@ def _execute(run: Run, settings: dict, output_dir: Path) -> dict:
     args = {"data_dir": str(run.data_dir), "detector": run.detector, "variant": run.variant,
             "seed": run.seed, "overrides": settings["overrides"], "mode": settings["mode"],
             "method": settings.get("method"), "smooth": settings.get("smooth"),
-            "normalize": settings.get("normalize"),
+            "normalize": settings.get("normalize"), "threads": settings.get("threads"),
             "models_dir": str((output_dir / "models").resolve()),
             "plots_dir": str((output_dir / "plots" / run.name).resolve()),
             "result_file": str(result_file.resolve()), "parent_pid": os.getpid()}
@@ -141,7 +143,8 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
                   input_size: int | None = None, lr: float | None = None, mode: str = "synthetic",
                   progress: bool = True, command: str | None = None, method: str | None = None,
                   smooth: float | None = None, normalize: bool | None = None,
-                  max_minutes: float | None = None, input_width: int | None = None) -> list[dict[str, str]]:
+                  max_minutes: float | None = None, input_width: int | None = None, cluster: str | None = None,
+                  resources: Resources | None = None) -> list[dict[str, str]]:
     """Run a benchmark grid (or the part of it not yet done) and write its result files.
 
     Everything is checked before the output folder is created: names, dataset folders and
@@ -165,6 +168,10 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         max_minutes: the autoencoders' training time budget; none when None.
         progress: print a line per run start and end.
         command: the command line to record in machine.json (this process's when None).
+        cluster: run the grid on Ray ("local", "auto" or "ray://HOST:PORT", see
+            `anomaly.cluster`), each run a task asking for `resources`; None runs one run at a
+            time on this machine.
+        resources: each Ray task's request (default: 1 CPU).
 
     Returns:
         The result rows of this grid (as written to results.csv, all values strings), in
@@ -179,6 +186,13 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
     output_dir = Path(output_dir) if output_dir else default_output_dir()
     csv_path, md_path = output_dir / "results.csv", output_dir / "results.md"
     rows = read_results(csv_path)  # before mkdir: a foreign CSV leaves the folder untouched
+    if cluster is not None:
+        from anomaly.cluster import check_address
+
+        check_address(cluster)
+        (resources or Resources()).check()
+    elif resources is not None:
+        raise AnomalyError("needs --cluster (a run's resources are asked of Ray)", "cpus_per_run")
 
     modeldir.check_output_dir(output_dir)
     command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
@@ -188,34 +202,57 @@ def run_benchmark(data: Sequence[str | Path], detectors: Sequence[str] = DEFAULT
         modeldir.write_text(csv_path, results_csv(sorted(rows.values(), key=sort_key)))
         modeldir.write_text(md_path, results_markdown(rows.values(), machine))
 
-    done = []
+    todo = []
     for i, run in enumerate(runs, 1):
-        cell = settings[(run.detector, run.variant)]
-        head = f"[{i}/{len(runs)}] {run.label} ..."
         old = rows.get(run.key)
         if old is not None and old.get("status") == "ok":
             if progress:
-                diff = _differences(old, cell)
-                print(f"{head} skipped (done in {csv_path.name})"
+                diff = _differences(old, settings[(run.detector, run.variant)])
+                print(f"[{i}/{len(runs)}] {run.label} ... skipped (done in {csv_path.name})"
                       + (f"; note: recorded with {', '.join(diff)}" if diff else ""), flush=True)
-            done.append(old)
-            continue
-        if progress:
-            print(head, end="", flush=True)
-        start = time.perf_counter()
-        try:
-            result = _execute(run, cell, output_dir)
-        except KeyboardInterrupt:
-            if progress:
-                print(f" interrupted; results so far are in {csv_path} (re-run the same command to continue)",
-                      flush=True)
-            raise
-        seconds = time.perf_counter() - start
-        row = _row(run, cell, result, seconds, output_dir)
+        else:
+            todo.append(run)
+
+    def record(run: Run, result: dict, seconds: float) -> dict:
+        row = _row(run, settings[(run.detector, run.variant)], result, seconds, output_dir)
         rows[run.key] = row
-        save()  # after every run, so an interruption loses at most the run in progress
-        done.append(row)
+        save()  # after every run, so an interruption loses at most the runs in progress
+        return row
+
+    number = {run.key: i for i, run in enumerate(runs, 1)}
+    try:
+        if cluster is None:
+            for run in todo:
+                if progress:
+                    print(f"[{number[run.key]}/{len(runs)}] {run.label} ...", end="", flush=True)
+                start = time.perf_counter()
+                result = _execute(run, settings[(run.detector, run.variant)], output_dir)
+                seconds = time.perf_counter() - start
+                row = record(run, result, seconds)
+                if progress:
+                    print(f" {row['status']} in {seconds:.0f} s: {_summary(row)}", flush=True)
+        elif todo:
+            from anomaly.benchmark.cluster import ATTEMPTS, run_on_ray
+
+            if progress:
+                print(f"{len(todo)} runs on Ray ({cluster}), each asking for {resources or Resources()}", flush=True)
+            for run, result, seconds, attempt in run_on_ray(todo, settings, output_dir, resources or Resources(),
+                                                            cluster, _execute):
+                head = f"[{number[run.key]}/{len(runs)}] {run.label} ..."
+                if result.get("status") != "ok" and attempt < ATTEMPTS:
+                    if progress:
+                        print(f"{head} failed ({' '.join(str(result.get('error')).split())[:200]}); trying again",
+                              flush=True)
+                    continue
+                row = record(run, result, seconds)
+                if progress:
+                    again = f" (attempt {attempt})" if attempt > 1 else ""
+                    print(f"{head} {row['status']} in {seconds:.0f} s{again}: {_summary(row)}", flush=True)
+    except KeyboardInterrupt:
         if progress:
-            print(f" {row['status']} in {seconds:.0f} s: {_summary(row)}", flush=True)
+            print(f" interrupted; results so far are in {csv_path} (re-run the same command to continue)",
+                  flush=True)
+        raise
+    done = [rows[run.key] for run in runs]
     save()
     return done

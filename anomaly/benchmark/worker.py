@@ -79,6 +79,9 @@ def run(args: dict) -> dict:
     Returns:
         The result row: metrics, timings, peak memory, model directory, status "ok".
     """
+    from anomaly.cluster import set_threads
+
+    set_threads(args.get("threads"))  # a Ray task's share of its node; all cores when run here
     from anomaly.config import load_train_config
     from anomaly.evaluate import evaluate
     from anomaly.finetune import finetune

@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="fixed peak learning rate (skips the learning-rate finder)")
     p.add_argument("-o", "--output-dir", help="benchmark folder (default benchmarks/<YYYY-MM-DD>); "
                    "re-running into the same folder skips the runs already done")
+    p.add_argument("--cluster", metavar="ADDRESS", help="run the grid on Ray (pip install 'anomaly[cluster]'), "
+                   "each run a task: local (a cluster on this machine), auto (the cluster this machine joined) or "
+                   "ray://HOST:PORT; a failed run is tried once more (default: one run at a time here)")
+    p.add_argument("--cpus-per-run", type=float, help="with --cluster: CPUs each run asks for and uses (default 1)")
+    p.add_argument("--gpus-per-run", type=float, help="with --cluster: GPUs each run asks for (default 0)")
+    p.add_argument("--memory-per-run", type=float, metavar="GIB",
+                   help="with --cluster: memory each run asks for, in GiB (default: none asked)")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
     p.add_argument("-q", "--quiet", action="store_true", help="no line per run, only the final table")
     return p
@@ -43,13 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     from anomaly.benchmark import default_output_dir, format_table, run_benchmark
 
     output_dir = args.output_dir or default_output_dir()
+    resources = None
+    if any(v is not None for v in (args.cpus_per_run, args.gpus_per_run, args.memory_per_run)):
+        from anomaly.benchmark.cluster import Resources
+
+        resources = Resources(1.0 if args.cpus_per_run is None else args.cpus_per_run,
+                              args.gpus_per_run or 0.0, args.memory_per_run)
     command = " ".join(["anomaly-benchmark", *(sys.argv[1:] if argv is None else argv)])
     rows = run_benchmark(args.data, detectors=args.architectures, losses=args.losses, seeds=args.seeds,
                          backbones=args.backbones, output_dir=output_dir, epochs=args.epochs,
                          input_size=args.input_size,
                          lr=args.lr, mode=args.mode, progress=not args.quiet, command=command,
                          method=args.method, smooth=args.smooth, normalize=args.normalize,
-                         max_minutes=args.max_minutes, input_width=args.input_width)
+                         max_minutes=args.max_minutes, input_width=args.input_width, cluster=args.cluster,
+                         resources=resources)
     print(format_table(rows))
     print(f"saved: {output_dir}/results.csv, results.md, machine.json, plots/")
     failed = sum(r.get("status") != "ok" for r in rows)

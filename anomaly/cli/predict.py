@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, help="least anomalous area in pixels for this run (default: finetuned)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("-m", "--method", help="which finetuned map, when several were finetuned")
+    p.add_argument("--cluster", metavar="ADDRESS", help="judge on Ray (pip install 'anomaly[cluster]'): local (a "
+                   "cluster on this machine for this run), auto (the cluster this machine joined) or ray://HOST:PORT")
+    p.add_argument("--workers", type=int, help="with --cluster: Ray workers, each loading the model once "
+                   "(default one per node, with all its CPUs)")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up messages")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -40,11 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     from anomaly.predict import ERRORS_FILE, PREDICTIONS_FILE, expand_inputs, predict_files
 
     expand_inputs(args.inputs)  # a wrong input is reported before the model loads
+    if args.cluster is not None:
+        from anomaly.cluster import check_address
+
+        check_address(args.cluster)
     model = anomaly.load(args.path, method=args.method)
     try:
         outcome = predict_files(model, args.inputs, args.out, save=args.save, threshold=args.threshold,
                                 min_area=args.min_area, batch_size=args.batch_size, progress=not args.quiet,
-                                report=args.report)
+                                report=args.report, cluster=args.cluster, workers=args.workers)
     except KeyboardInterrupt:
         print("interrupted: the rows written so far are kept; run the same command again to continue",
               file=sys.stderr)
