@@ -31,7 +31,7 @@ CONFIG_DIR = _package_configs()
 _REINSTALL = ("the YAML defaults (package anomaly.configs: the repository's configs/ folder) are not installed: "
               "reinstall anomaly (pip install -e . in a checkout, else pip install .)")
 COLOR_MODES = ("grayscale", "rgb")
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclass
@@ -62,14 +62,19 @@ class TrainConfig:
         seed: seeds weights, augmentation, shuffling and the validation split.
         val_split: fraction of train/good held out for validation and finetuning.
         early_stopping: patience in epochs on validation loss (detectors that train for epochs).
-        precision: "float32" or "mixed_bfloat16" (faster on CPUs with AVX512-BF16/AMX).
-        jit_compile: compile the training step with XLA.
+        precision: autoencoders: "float32", "mixed_bfloat16" (faster on CPUs with AVX512-BF16/AMX)
+            or "mixed_float16" (GPUs; the loss is scaled against float16 underflow).
+        jit_compile: autoencoders: compile the training step with XLA.
         output_dir: the root under which model directories are created.
         inspect: save inspection images after training.
         params: the detector's own hyper-parameters (`Detector.hyper_parameters()`: an
             autoencoder's loss and learning-rate schedule, a feature detector's backbone, ...),
             by the names of its `__init__`; resolved from its `__init__` defaults, its YAML
-            defaults, the user's file and the flags.
+            defaults, the user's file and the flags. The autoencoders and CutPaste have
+            `strategy`: "none" (one device), "mirrored" (every GPU of the machine, or its logical
+            CPUs) or "multi-worker" (the hosts of TF_CONFIG); `batch_size` is then the global
+            batch, split between the replicas, so the learning rate and the loss curve are those
+            of one device (`anomaly.distribute`).
         extra: what a saved config.yaml holds besides (split, versions, command).
     """
 

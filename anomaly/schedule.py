@@ -90,16 +90,39 @@ def progress_verbosity(progress: bool) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _train_step_fn(model: keras.Model, loss_fn, optimizer, jit_compile: bool):
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y):
+def _train_step_fn(model: keras.Model, loss_fn, optimizer, jit_compile: bool, strategy=None):
+    """One range-test step: the batch's mean loss (before the model's regularisation losses).
+
+    With a strategy each replica's loss is its share of the global batch's mean
+    (`anomaly.distribute.global_mean_loss`), the optimizer all-reduces (sums) the gradients, and
+    the shares are summed back into the global mean. A `LossScaleOptimizer` (mixed_float16)
+    scales the loss, and its `apply` unscales the gradients (skipping steps that overflow).
+    """
+    from anomaly.distribute import global_mean_loss
+
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(x, y):
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
-            loss = tf.reduce_mean(loss_fn(y, pred))
-            total = loss + tf.add_n(model.losses) if model.losses else loss
+            if strategy is None:
+                loss = tf.reduce_mean(loss_fn(y, pred))
+                total = loss + tf.add_n(model.losses) if model.losses else loss
+            else:
+                loss = global_mean_loss(loss_fn(y, pred))
+                total = loss + tf.nn.scale_regularization_loss(tf.add_n(model.losses)) if model.losses else loss
+            if scaled:
+                total = optimizer.scale_loss(total)
         grads = tape.gradient(total, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
         return loss
+
+    if strategy is None:
+        return tf.function(replica_step, jit_compile=jit_compile)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(x, y)), axis=None)
 
     return step
 
@@ -109,7 +132,7 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
                        stop_factor: float = 6.0, decrease_factor: float = 0.85,
                        jit_compile: bool = False, progress: bool = True,
                        max_steps: int | None = None, deadline: float | None = None,
-                       check_pace: Callable[[float], None] | None = None) -> LRFinderResult:
+                       check_pace: Callable[[float], None] | None = None, strategy=None) -> LRFinderResult:
     """Run the learning-rate range test, then restore the model's weights.
 
     Args:
@@ -131,6 +154,8 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
         check_pace: called with the seconds per step once the pace is known (after a few steps,
             or after the first one past the tracing when the deadline passes first); may raise
             to stop before training.
+        strategy: a `tf.distribute.Strategy` whose scope built `model` (None: one device); the
+            batches of `dataset` are global ones, split between its replicas.
 
     Returns:
         The curve and the chosen learning rate.
@@ -142,13 +167,23 @@ def find_learning_rate(model: keras.Model, loss_fn, dataset: tf.data.Dataset, st
         total = max(1, min(total, max_steps))
     mult = (end / start) ** (1.0 / total)
     optimizer = keras.optimizers.Adam(learning_rate=start)
-    step = _train_step_fn(model, loss_fn, optimizer, jit_compile)
+    if model.dtype_policy.name == "mixed_float16":  # as Keras `compile` does
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    if strategy is not None or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Built before the step is traced: a strategy mirrors the variables (in its scope, not in
+        # a replica), and the loss scale is read from its variable, not baked in as a constant.
+        optimizer.build(model.trainable_variables)
+    step = _train_step_fn(model, loss_fn, optimizer, jit_compile, strategy)
+    if strategy is not None:
+        from anomaly.distribute import distribute
+
+        dataset = distribute(strategy, dataset.take(total))
     bar = keras.utils.Progbar(total, stateful_metrics=["lr", "loss"], verbose=progress_verbosity(progress))
     lrs, smoothed = [], []
     avg, best, lr = 0.0, math.inf, start
     reason = f"reached {epochs} epochs"
     traced = 0.0
-    for i, (x, y) in enumerate(dataset.take(total)):
+    for i, (x, y) in enumerate(dataset if strategy is not None else dataset.take(total)):
         if i >= total:  # the sweep was shortened to fit the deadline
             break
         optimizer.learning_rate.assign(lr)
@@ -229,8 +264,10 @@ class OneCycle(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         lr, beta = self.value(self.iteration)
-        self.model.optimizer.learning_rate.assign(lr)
-        self.model.optimizer.beta_1.assign(beta)
+        # Under mixed_float16 `compile` wraps the Adam of `make_optimizer` in a LossScaleOptimizer.
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        optimizer.learning_rate.assign(lr)
+        optimizer.beta_1.assign(beta)
 
     def on_train_batch_end(self, batch, logs=None):
         self.iteration += 1

@@ -53,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "when --input-width is given")
     p.add_argument("--input-width", type=int, help="the width of non-square inputs (default: --input-size), "
                    "e.g. --input-size 640 --input-width 128 for long parts squeezed into square pictures")
-    p.add_argument("--precision", help="float32 (default) or mixed_bfloat16")
+    p.add_argument("--precision", help="float32 (default), mixed_bfloat16 (CPUs with AMX/AVX512-BF16) or "
+                   "mixed_float16 (GPUs)")
     p.add_argument("--xla", dest="jit_compile", action="store_const", const=True, help="compile with XLA")
+    p.add_argument("--strategy", help="autoencoders and cutpaste: none (default, one device), mirrored (every GPU, "
+                   "or the logical CPUs) or multi-worker (the hosts of TF_CONFIG); -b is the global batch, split "
+                   "between the devices")
     p.add_argument("--backbone", help="feature detectors: efficientnet_lite0 (default), efficientnet_lite2, "
                    "resnet50, mobilenet_v2, efficientnet_b0..b5")
     p.add_argument("--weights", help="backbone weights: imagenet (default), random, or a weights file")
@@ -103,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         return _main_auto(args)
     if args.resume:
         config = resume_config(args.resume)
+        _start_strategy(config.params.get("strategy"))
         outcome = train(config, progress=not args.quiet, resume_dir=args.resume)
     else:
         if not args.data_dir:
             raise AnomalyError("-d/--input-dir: required (the dataset folder holding train/good)")
         overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "quiet", "verbose")}
         config = load_train_config(overrides, args.config)
+        _start_strategy(config.params.get("strategy"))
         outcome = train(config, progress=not args.quiet)
     fit = outcome.fit
     if fit.interrupted:
@@ -124,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {outcome.model_file}")
     print(f"next: anomaly-finetune -p {outcome.model_file}")
     return 0
+
+
+def _start_strategy(name: str | None) -> None:
+    """Create a multi-worker strategy now: TensorFlow accepts one only before it has started."""
+    if name == "multi-worker":
+        from anomaly.distribute import get_strategy
+
+        get_strategy(name)
 
 
 def _main_auto(args) -> int:
@@ -143,6 +157,7 @@ def _main_auto(args) -> int:
             raise AnomalyError(exc.message, "candidates") from None
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("config", "resume", "quiet", "verbose", "architecture", "candidates")}
+    _start_strategy(args.strategy)
     winner, scores, chosen = train_auto(overrides, candidates, args.config, progress=not args.quiet)
     print(explain(scores, chosen))
     print(f"model: {winner.model_file}")

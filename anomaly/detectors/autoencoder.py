@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import math
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,16 @@ import tensorflow as tf
 from anomaly.data.io import ImageFiles
 from anomaly.data.pipeline import Augmentation, evaluation_dataset, steps_per_epoch, training_dataset
 from anomaly.detectors.base import Detector, FitResult, register
+from anomaly.distribute import (
+    STRATEGIES,
+    check_batch_size,
+    check_options,
+    get_strategy,
+    keras_fit,
+    scope,
+    shard_by_data,
+    synchronize_batch_norm,
+)
 from anomaly.errors import AnomalyError
 from anomaly.losses import LOSSES, MSSIM_MIN_SIZE, get_loss, get_metric
 from anomaly.models import build_model
@@ -68,8 +79,16 @@ class AutoencoderDetector(Detector):
             lr_decrease_factor: the range test (see `anomaly.schedule.find_learning_rate`).
         early_stopping, reduce_on_plateau: patience in epochs (stop; halve the peak rate).
         rotation, shift, brightness: augmentation ranges.
-        precision: "float32" or "mixed_bfloat16".
+        precision: "float32", "mixed_bfloat16" (CPUs with AVX512-BF16/AMX) or "mixed_float16"
+            (GPUs; `compile` scales the loss, and so does the range test).
         jit_compile: compile the training step with XLA.
+        strategy: "none" (one device), "mirrored" (`tf.distribute.MirroredStrategy` over this
+            machine's GPUs, or its logical CPUs) or "multi-worker"
+            (`tf.distribute.MultiWorkerMirroredStrategy` over the hosts of `TF_CONFIG`); see
+            `anomaly.distribute`. `batch_size` is the global batch, split between the replicas,
+            so the steps and the loss curve are those of one device and `lr` needs no change;
+            to use more devices for throughput raise `batch_size` (the range test re-finds the
+            rate; a fixed `lr` is yours to scale, e.g. linearly with the batch).
 
     Attributes:
         checkpoint_dir: where `fit` keeps per-epoch checkpoints (a temporary folder when None);
@@ -86,7 +105,7 @@ class AutoencoderDetector(Detector):
     # SSIM residual smoothed with sigma 4; z-scores help KolektorSDD but hurt bottle and cookie.
     finetune_defaults = {"method": "mssim", "smooth": 4.0, "normalize": False}
     defaults_file = "autoencoder.yaml"
-    choices = {"loss": tuple(LOSSES)}
+    choices = {"loss": tuple(LOSSES), "strategy": STRATEGIES}
     checks = {"lr": "positive-number", "lr_finder_epochs": "positive", "reduce_on_plateau": "positive"}
     checkpoint_dir: Path | None = None
     resume: bool = False
@@ -96,7 +115,7 @@ class AutoencoderDetector(Detector):
                  lr_finder_start: float = 1e-5, lr_finder_end: float = 10.0, lr_finder_epochs: int = 10,
                  lr_finder_stop_factor: float = 6.0, lr_decrease_factor: float = 0.85, early_stopping: int = 12,
                  reduce_on_plateau: int = 6, rotation: float = 5.0, shift: float = 0.05, brightness: float = 0.05,
-                 precision: str = "float32", jit_compile: bool = False):
+                 precision: str = "float32", jit_compile: bool = False, strategy: str = "none"):
         self.input_shape = tuple(input_shape)
         self.loss, self.batch_size, self.epochs, self.max_minutes = loss, batch_size, epochs, max_minutes
         self.seed, self.lr = seed, lr
@@ -105,7 +124,7 @@ class AutoencoderDetector(Detector):
         self.lr_finder_stop_factor, self.lr_decrease_factor = lr_finder_stop_factor, lr_decrease_factor
         self.early_stopping, self.reduce_on_plateau = early_stopping, reduce_on_plateau
         self.rotation, self.shift, self.brightness = rotation, shift, brightness
-        self.precision, self.jit_compile = precision, jit_compile
+        self.precision, self.jit_compile, self.strategy = precision, jit_compile, strategy
         self._predict = {}
 
     @classmethod
@@ -114,6 +133,7 @@ class AutoencoderDetector(Detector):
         if params.get("loss") == "mssim" and min(run.image_size) < MSSIM_MIN_SIZE:
             raise AnomalyError(f"mssim needs an input size and width >= {MSSIM_MIN_SIZE}, "
                                f"got {run.image_size[0]}x{run.image_size[1]}", "loss")
+        check_options(params.get("strategy"), run.jit_compile, run.max_minutes)
 
     @property
     def model(self) -> keras.Model:
@@ -156,9 +176,38 @@ class AutoencoderDetector(Detector):
 
     def _fit(self, train_images: np.ndarray, val_images: np.ndarray, checkpoint_dir: Path,
              resume: bool, progress: bool) -> AutoencoderDetector:
+        if self.precision != "float32":
+            keras.mixed_precision.set_global_policy(self.precision)
+        check_options(self.strategy, self.jit_compile, self.max_minutes)
+        strategy = get_strategy(self.strategy)
+        check_batch_size(strategy, self.batch_size, training=len(train_images), validation=len(val_images))
+        # Without a strategy no scope at all: the one-device path is exactly what it was.
+        with scope(strategy):
+            if strategy is not None:
+                # Built (or rebuilt, from an earlier fit's weights) in the scope: mirrored variables.
+                earlier = getattr(self, "model_", None)
+                self.model_ = build_model(self.name, self.input_shape)
+                if earlier is not None:
+                    self.model_.set_weights(earlier.get_weights())
+                synchronize_batch_norm(self.model_)
+            self._fit_in_scope(train_images, val_images, checkpoint_dir, resume, progress, strategy)
+        if strategy is not None:
+            # The trained weights in a network of plain variables: the fitted detector predicts,
+            # saves and exports as a one-device one (Python's random state kept, as if not built).
+            state = random.getstate()
+            self.model_ = self._plain_copy()
+            random.setstate(state)
+            self._predict = {}
+        return self
+
+    def _plain_copy(self) -> keras.Model:
+        plain = build_model(self.name, self.input_shape)
+        plain.set_weights(self.model.get_weights())
+        return plain
+
+    def _fit_in_scope(self, train_images, val_images, checkpoint_dir: Path, resume: bool, progress: bool,
+                      strategy) -> None:
         cfg = self
-        if cfg.precision == "mixed_bfloat16":
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
         start = time.perf_counter()
         deadline = None if cfg.max_minutes is None else start + cfg.max_minutes * 60.0
         loss_fn = get_loss(cfg.loss)
@@ -187,7 +236,7 @@ class AutoencoderDetector(Detector):
                 self.model, loss_fn, probe, steps, start=cfg.lr_finder_start, end=cfg.lr_finder_end,
                 epochs=finder_epochs, stop_factor=cfg.lr_finder_stop_factor,
                 decrease_factor=cfg.lr_decrease_factor, jit_compile=cfg.jit_compile, progress=progress,
-                max_steps=max_steps,
+                max_steps=max_steps, strategy=strategy,
                 deadline=None if deadline is None else start + FINDER_SHARE * (deadline - start),
                 check_pace=None if deadline is None else self._budget_check(
                     deadline, steps + steps_per_epoch(len(val_images), cfg.batch_size)))
@@ -216,12 +265,15 @@ class AutoencoderDetector(Detector):
             callbacks.append(budget)
         train_ds = training_dataset(train_images, cfg.batch_size, cfg.seed, aug, first_epoch, cfg.epochs)
         val_ds = evaluation_dataset(val_images, cfg.batch_size)
+        if strategy is not None:  # Keras splits each global batch between the replicas
+            train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
         interrupted = False
         if first_epoch < cfg.epochs and not (state and state.get("stopped_early")):
             try:
-                self.model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                               initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
-                               callbacks=callbacks, verbose=progress_verbosity(progress))
+                with keras_fit(self.model, strategy, val_ds):
+                    self.model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                                   initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
+                                   callbacks=callbacks, verbose=progress_verbosity(progress))
             except KeyboardInterrupt:
                 interrupted = True
         keeper.restore_best()
@@ -232,7 +284,6 @@ class AutoencoderDetector(Detector):
                                      lr=lr, schedule=recorder.lrs, interrupted=interrupted,
                                      seconds=time.perf_counter() - start, out_of_time=bool(budget and budget.stopped))
         self.history_ = keeper.history
-        return self
 
 
     def _predict_fn(self, method: str):
@@ -324,9 +375,7 @@ class AutoencoderDetector(Detector):
 
     def _save_state(self, path: Path) -> None:
         # Without the optimizer: a plain copy of the weights in a freshly built network.
-        plain = build_model(self.name, self.input_shape)
-        plain.set_weights(self.model.get_weights())
-        plain.save(path)
+        self._plain_copy().save(path)
 
     def _load_state(self, path: Path) -> None:
         from anomaly.models import load_saved_model

@@ -24,6 +24,7 @@ training images' embeddings; the image score is the Mahalanobis distance (or, wi
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
@@ -36,6 +37,15 @@ from anomaly.arrays import load_npz
 from anomaly.data.synthetic import CUTPASTE, NORMAL, SCAR, pretext_sample
 from anomaly.detectors.base import Detector, register
 from anomaly.detectors.features import batch_outputs, in_batches, local_patches, sample_rows, to_full_map
+from anomaly.distribute import (
+    STRATEGIES,
+    check_batch_size,
+    distribute,
+    get_strategy,
+    global_mean_loss,
+    scope,
+    synchronize_batch_norm,
+)
 from anomaly.errors import AnomalyError
 
 N_CLASSES = 3
@@ -108,6 +118,10 @@ class CutPasteDetector(Detector):
         patch_stride: stride of the patch-level map at 256 px (scaled with the input size).
         map_sigma: Gaussian sigma (pixels) smoothing the upsampled map.
         seed: seeds the weights, the synthetic anomalies and the shuffling.
+        strategy: "none" (one device), "mirrored" or "multi-worker", as the autoencoders'
+            (`anomaly.distribute`): `batch_size` is the global batch, split between the
+            replicas, and the loss is averaged over it, so the SGD rates stay those of one device.
+            (CutPaste has no `precision` or `jit_compile`: it trains in float32, without XLA.)
     """
 
     name = "cutpaste"
@@ -119,12 +133,12 @@ class CutPasteDetector(Detector):
     finetune_defaults = {"method": "dense", "smooth": 0.0, "normalize": False, "score_sigma": 0.0,
                          "image_score": "detector"}
     lr = (0.003, 0.001)  # the spec's SGD rates of the two phases
-    choices = {"density": ("gde", "kde")}
+    choices = {"density": ("gde", "kde"), "strategy": STRATEGIES}
     checks = {"patch_stride": "positive", "map_sigma": "non-negative"}
 
     def __init__(self, input_shape=(256, 256, 3), backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                  epochs: tuple[int, int] = (30, 20), batch_size: int = 32, density: str = "gde",
-                 patch_stride: int = 8, map_sigma: float = 4.0, seed: int = 0):
+                 patch_stride: int = 8, map_sigma: float = 4.0, seed: int = 0, strategy: str = "none"):
         if density not in ("gde", "kde"):
             raise AnomalyError(f"--density: unknown density '{density}': expected gde or kde")
         self.input_shape = tuple(input_shape)
@@ -136,7 +150,7 @@ class CutPasteDetector(Detector):
         self.patch_input = min(64, 2 * self.patch_size)
         self.patch_stride = patch_stride
         self.stride = max(1, int(round(patch_stride * scale)))  # at this input size
-        self.map_sigma, self.seed = map_sigma, seed
+        self.map_sigma, self.seed, self.strategy = map_sigma, seed, strategy
         self.history_: list[dict] = []
 
     @classmethod
@@ -178,9 +192,27 @@ class CutPasteDetector(Detector):
         from anomaly.detectors.autoencoder import set_seed
 
         images = self.prepare(train_images)
+        strategy = get_strategy(self.strategy)
+        check_batch_size(strategy, self.batch_size, training=len(images))
 
         set_seed(self.seed)
+        # Without a strategy no scope at all: the one-device path is exactly what it was.
+        with scope(strategy):
+            self._train(images, strategy, progress)
+        if strategy is not None:
+            # The trained weights in a network of plain variables, as `load` builds it (Python's
+            # random state kept, as if not built).
+            weights, state = self.network_.get_weights(), random.getstate()
+            self.build()
+            self.network_.set_weights(weights)
+            random.setstate(state)
+        self._fit_densities(images)
+        return self
+
+    def _train(self, images: np.ndarray, strategy, progress: bool) -> None:
         net = self.build()
+        if strategy is not None:
+            synchronize_batch_norm(net)  # the head's statistics over the global batch, as one device
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         epoch = 0
         for phase, (n_epochs, lr) in enumerate(zip(self.epochs, self.lr)):
@@ -192,15 +224,29 @@ class CutPasteDetector(Detector):
                     if isinstance(layer, layers.BatchNormalization):
                         layer.trainable = False
             optimizer = keras.optimizers.SGD(lr, momentum=0.9, weight_decay=3e-5)
-            step = self._train_step(net, optimizer, loss_fn)
+            if strategy is None:
+                step = self._train_step(net, optimizer, loss_fn)
+            else:
+                optimizer.build(net.trainable_variables)  # mirrored, in the scope (not in a replica)
+                step = None
             for _ in range(n_epochs):
                 start = time.perf_counter()
                 losses, correct, seen = [], 0, 0
-                for x, y in self._pretext_batches(images, epoch):
-                    loss, logits = step(tf.constant(x), tf.constant(y))
-                    losses.append(float(loss))
-                    correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == y))
-                    seen += len(y)
+                if strategy is None:
+                    for x, y in self._pretext_batches(images, epoch):
+                        loss, logits = step(tf.constant(x), tf.constant(y))
+                        losses.append(float(loss))
+                        correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == y))
+                        seen += len(y)
+                else:
+                    batches = distribute(strategy, self._pretext_dataset(images, epoch))
+                    # Traced once a phase, for every split of a batch (the last one is smaller).
+                    step = step or self._distributed_step(net, optimizer, strategy, batches.element_spec)
+                    for x, y in batches:
+                        loss, right, count = step(x, y)
+                        losses.append(float(loss))
+                        correct += int(right)
+                        seen += int(count)
                 epoch += 1
                 self.history_.append({"epoch": epoch, "phase": phase + 1, "loss": float(np.mean(losses)),
                                       "accuracy": correct / seen, "lr": lr,
@@ -209,8 +255,12 @@ class CutPasteDetector(Detector):
                     h = self.history_[-1]
                     print(f"epoch {epoch} (phase {phase + 1}): loss {h['loss']:.4f}, pretext accuracy "
                           f"{h['accuracy']:.3f}, {h['seconds']:.1f} s")
-        self._fit_densities(images)
-        return self
+
+    def _pretext_dataset(self, images: np.ndarray, epoch: int) -> tf.data.Dataset:
+        """`_pretext_batches` as a dataset of global batches (for a strategy to split)."""
+        signature = (tf.TensorSpec((None, *self.input_shape), tf.float32), tf.TensorSpec((None,), tf.int64))
+        return tf.data.Dataset.from_generator(lambda: self._pretext_batches(images, epoch),
+                                              output_signature=signature)
 
     @staticmethod
     def _train_step(net, optimizer, loss_fn):
@@ -222,6 +272,29 @@ class CutPasteDetector(Detector):
             grads = tape.gradient(loss, net.trainable_variables)
             optimizer.apply_gradients(zip(grads, net.trainable_variables))
             return loss, logits
+
+        return step
+
+    @staticmethod
+    def _distributed_step(net, optimizer, strategy, spec):
+        """`_train_step` on each replica's part of a global batch: each replica's loss is its share
+        of the global batch's mean, the optimizer sums the gradients; returns the global batch's mean
+        loss, its correctly classified samples and its size."""
+        per_example = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                _, logits = net(x, training=True)
+                loss = global_mean_loss(per_example(y, logits))
+            grads = tape.gradient(loss, net.trainable_variables)
+            optimizer.apply_gradients(zip(grads, net.trainable_variables))
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.int32))
+            return loss, correct, tf.shape(y)[0]
+
+        @tf.function(input_signature=list(spec))
+        def step(x, y):
+            total = tf.distribute.ReduceOp.SUM
+            return tuple(strategy.reduce(total, v, axis=None) for v in strategy.run(replica_step, args=(x, y)))
 
         return step
 
