@@ -37,3 +37,16 @@ def trained(demo_root, tmp_path_factory) -> Path:
     assert train.main(train_args(demo_root, out)) == 0
     (model_dir,) = [p.parent for p in out.rglob("*.keras")]
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def patchcore_dir(demo_root, tmp_path_factory) -> Path:
+    """A finetuned patchcore (random backbone weights: fast and offline) on the demo data, made once
+    per session (copy it to change it; `anomaly-test` results may be written into it)."""
+    from anomaly.cli import finetune, train
+
+    out = tmp_path_factory.mktemp("patchcore-models")
+    assert train.main(train_args(demo_root, out, "-a", "patchcore", "--weights", "random")) == 0
+    (model_dir,) = [p.parent for p in out.rglob("config.yaml")]
+    assert finetune.main(["-p", str(model_dir), "-q"]) == 0
+    return model_dir

@@ -21,16 +21,6 @@ from tests.conftest import train_args
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.fixture(scope="module")
-def patchcore_dir(demo_root, tmp_path_factory) -> Path:
-    """A finetuned patchcore (random backbone weights: fast and offline) on the demo data."""
-    out = tmp_path_factory.mktemp("api-models")
-    assert train_cli.main(train_args(demo_root, out, "-a", "patchcore", "--weights", "random")) == 0
-    (model_dir,) = [p.parent for p in out.rglob("config.yaml")]
-    assert finetune_cli.main(["-p", str(model_dir), "-q"]) == 0
-    return model_dir
-
-
 def test_readme_python_example_runs(patchcore_dir, demo_root, tmp_path, monkeypatch, capsys):
     text = README.read_text()
     section = text[text.index("## Python API"):]
