@@ -55,8 +55,11 @@ class Resources:
         return options
 
 
-def _task(execute: Callable, run: Run, cell: dict, output_dir: str, threads: int) -> dict:
+def _task(execute: Callable, run: Run, cell: dict, output_dir: str, threads: int, gpus: float) -> dict:
     """The body of a Ray task: one run through `execute`, timed."""
+    if 0 < gpus < 1:
+        # Runs sharing a GPU: TensorFlow would otherwise reserve all of its memory for the first.
+        os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
     start = time.perf_counter()
     result = execute(run, {**cell, "threads": threads}, Path(output_dir))
     return {**result, "_seconds": time.perf_counter() - start, "_node": os.uname().nodename}
@@ -93,7 +96,7 @@ def run_on_ray(runs: list[Run], settings: dict, output_dir: Path, resources: Res
 
         def submit(run: Run, attempt: int) -> None:
             ref = remote.remote(execute, run, settings[(run.detector, run.variant)], str(output_dir.resolve()),
-                                threads)
+                                threads, resources.gpus)
             pending[ref] = (run, attempt, time.perf_counter())
 
         for run in runs:
