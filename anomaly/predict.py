@@ -225,27 +225,20 @@ class BatchJudge:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [str(p) for p in batch["image"]]
-        shape = self.model.detector.input_shape
-        paths, arrays, failed = _read_batch([Path(p) for p in names], shape)
-        reasons = {str(p): reason for p, reason in failed}
+        (part,) = _judge_locally(self.model, [Path(p) for p in names], len(names), self.threshold, self.min_area)
+        reasons = {str(p): reason for p, reason in part.failed}
         n = len(names)
         out = {"image": np.array(names, dtype=object), "error": np.array([reasons.get(p, "") for p in names],
                                                                          dtype=object),
                "score": np.zeros(n), "is_anomalous": np.zeros(n, bool), "area": np.zeros(n, np.int64)}
+        rows = [i for i, name in enumerate(names) if name not in reasons]  # the order of `part.paths`
+        out["score"][rows], out["is_anomalous"][rows], out["area"][rows] = part.scores, part.is_anomalous, part.areas
         if self.keep:
-            h, w, c = shape
+            h, w, c = self.model.detector.input_shape
             out.update(pixels=np.zeros((n, h, w, c), np.float32), map=np.zeros((n, h, w), np.float32),
                        mask=np.zeros((n, h, w), bool))
-        if arrays:
-            batch_x = np.stack(arrays)
-            (pred,) = self.model.predict_batches(batch_x, batch_size=len(batch_x), threshold=self.threshold,
-                                                 min_area=self.min_area)
-            rows = [i for i, name in enumerate(names) if name not in reasons]  # the order of `paths`
-            out["score"][rows] = pred.scores
-            out["is_anomalous"][rows] = pred.is_anomalous
-            out["area"][rows] = pred.masks.sum(axis=(1, 2))
-            if self.keep:
-                out["pixels"][rows], out["map"][rows], out["mask"][rows] = batch_x, pred.maps, pred.masks
+            if rows:
+                out["pixels"][rows], out["map"][rows], out["mask"][rows] = part.images, part.maps, part.masks
         return out
 
 
