@@ -32,6 +32,7 @@ e.g. linearly with the batch).
 from __future__ import annotations
 
 import contextlib
+import random
 
 from anomaly.errors import AnomalyError
 
@@ -94,6 +95,17 @@ def check_batch_size(strategy, batch_size: int, **images: int) -> None:
             raise AnomalyError(f"{count} {kind} images in batches of {batch_size} leave a last batch of {last}, "
                                f"fewer than the {n} replicas (one would get no image); choose a batch size "
                                f"that leaves none or at least {n}", "batch_size")
+
+
+def unmirrored(build, trained):
+    """`trained`'s weights in the network `build()` makes outside the strategy's scope (plain
+    variables): the fitted detector then predicts, saves and exports as a one-device one. Python's
+    random state is kept, as if nothing had been built, so what follows draws as on one device."""
+    weights, state = trained.get_weights(), random.getstate()
+    plain = build()
+    plain.set_weights(weights)
+    random.setstate(state)
+    return plain
 
 
 def scope(strategy):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import math
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from anomaly.distribute import (
     scope,
     shard_by_data,
     synchronize_batch_norm,
+    unmirrored,
 )
 from anomaly.errors import AnomalyError
 from anomaly.losses import LOSSES, MSSIM_MIN_SIZE, get_loss, get_metric
@@ -192,11 +192,7 @@ class AutoencoderDetector(Detector):
                 synchronize_batch_norm(self.model_)
             self._fit_in_scope(train_images, val_images, checkpoint_dir, resume, progress, strategy)
         if strategy is not None:
-            # The trained weights in a network of plain variables: the fitted detector predicts,
-            # saves and exports as a one-device one (Python's random state kept, as if not built).
-            state = random.getstate()
-            self.model_ = self._plain_copy()
-            random.setstate(state)
+            self.model_ = unmirrored(lambda: build_model(self.name, self.input_shape), self.model_)
             self._predict = {}
         return self
 

@@ -24,7 +24,6 @@ training images' embeddings; the image score is the Mahalanobis distance (or, wi
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from anomaly.distribute import (
     global_mean_loss,
     scope,
     synchronize_batch_norm,
+    unmirrored,
 )
 from anomaly.errors import AnomalyError
 
@@ -200,12 +200,7 @@ class CutPasteDetector(Detector):
         with scope(strategy):
             self._train(images, strategy, progress)
         if strategy is not None:
-            # The trained weights in a network of plain variables, as `load` builds it (Python's
-            # random state kept, as if not built).
-            weights, state = self.network_.get_weights(), random.getstate()
-            self.build()
-            self.network_.set_weights(weights)
-            random.setstate(state)
+            unmirrored(self.build, self.network_)  # `build` makes the new network `network_`
         self._fit_densities(images)
         return self
 
