@@ -18,6 +18,7 @@ model directory, output folder) mounted at the same place: see docs/cluster.md.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -36,10 +37,8 @@ def check_address(value: str, option: str = "cluster") -> str:
     missing), before any work is done."""
     if value not in ("local", "auto") and not _CLIENT.match(value):
         raise AnomalyError(f"expected one of {', '.join(CHOICES)}, got {value!r}", option)
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise AnomalyError(INSTALL_HINT, option) from None
+    if importlib.util.find_spec("ray") is None:  # found, not imported: Ray takes seconds to import
+        raise AnomalyError(INSTALL_HINT, option)
     return value
 
 

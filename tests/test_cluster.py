@@ -114,6 +114,7 @@ def test_a_failed_run_is_tried_once_more_then_recorded_and_the_grid_goes_on(clus
     (["--cluster", "tcp://x"], "--cluster: expected one of local, auto, ray://HOST:PORT, got 'tcp://x'"),
     (["--cpus-per-run", "2"], "--cpus-per-run: needs --cluster (a run's resources are asked of Ray)"),
     (["--cluster", "local", "--cpus-per-run", "0"], "--cpus-per-run: expected a positive number, got 0"),
+    (["--cluster", "local", "--gpus-per-run", "-0.5"], "--gpus-per-run: expected a non-negative number, got -0.5"),
 ])
 def test_bad_cluster_flags_are_one_line_exit_2_before_anything_is_written(argv, needle, demo_root, tmp_path,
                                                                           capsys):

@@ -37,10 +37,10 @@ class Resources:
     memory_gb: float | None = None
 
     def check(self) -> Resources:
-        for name, value, least in (("cpus_per_run", self.cpus, 0.0), ("gpus_per_run", self.gpus, -1.0),
-                                   ("memory_per_run", self.memory_gb, 0.0)):
-            if value is not None and not value > least:
-                raise AnomalyError(f"expected a {'non-negative' if least < 0 else 'positive'} number, got {value:g}",
+        for name, value, zero_ok in (("cpus_per_run", self.cpus, False), ("gpus_per_run", self.gpus, True),
+                                     ("memory_per_run", self.memory_gb, False)):
+            if value is not None and not (value >= 0 if zero_ok else value > 0):
+                raise AnomalyError(f"expected a {'non-negative' if zero_ok else 'positive'} number, got {value:g}",
                                    name)
         return self
 
